@@ -13,6 +13,7 @@ component's input names on *both* backends, so one profile moves between them.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from amlft.errors import ConfigError
 
 DEFAULT_PROFILE = "jobs/local-demo.yml"
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class _Strict(BaseModel):
@@ -146,7 +148,7 @@ class Profile(_Strict):
         for k in v:
             if not isinstance(k, str) or not k.isidentifier():
                 raise ValueError(f"fine-tune parameter name {k!r} is not a valid component input name")
-        return v
+        return {k: coerce_number(val) for k, val in v.items()}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -211,10 +213,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section.")
         try:
-            node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+            node[parts[-1]] = coerce_number(yaml.safe_load(value)) if value != "" else None
         except yaml.YAMLError:
             node[parts[-1]] = value
     return data
+
+
+def coerce_number(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads `1e-5` as a string; users mean a number.
+
+    Only that gap is closed: quoted strings such as "16" or "true" (component inputs that
+    must be strings) are left alone.
+    """
+    if isinstance(value, str) and _EXP_FLOAT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def resolve_profile_path(profile: str | None) -> Path:

@@ -21,7 +21,7 @@ class Console:
 
     # chatter -----------------------------------------------------------------
     @property
-    def _stream(self):  # noqa: ANN202 - a text stream
+    def _stream(self) -> Any:
         return sys.stderr if self.json_mode else sys.stdout
 
     def info(self, message: str) -> None:
@@ -49,10 +49,10 @@ class Console:
         out = self._stream
         if title:
             print(title, file=out)
-        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=out)
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), file=out)
         print("  ".join("-" * w for w in widths), file=out)
         for row in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), file=out)
         out.flush()
 
     @contextmanager

@@ -9,6 +9,7 @@ endpoint, and always ends by saying what is left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -119,7 +120,7 @@ def run_all(ctx: StepContext, *, keep: bool = False, timeout: float | None = Non
                 run_step(ctx, name, timeout=timeout)
             else:
                 run_step(ctx, name)
-    except BaseException as exc:  # noqa: BLE001 - teardown must happen whatever went wrong
+    except BaseException as exc:  # teardown must happen whatever went wrong
         failed = exc
     finally:
         if failed is not None or not keep:
@@ -151,10 +152,8 @@ def print_summary(ctx: StepContext, backend: Backend, *, kept: bool) -> None:
     ctx.console.info(f"run {rec.run_id}: {rec.data.get('status')}")
     if kept and left:
         info = None
-        try:
+        with contextlib.suppress(AmlftError):
             info = backend.endpoint(ctx)
-        except AmlftError:
-            pass
         if info:
             ctx.console.info(f"endpoint kept: {info.scoring_uri}")
             ctx.console.info(f"  call it:      amlft invoke --run {rec.run_id}")

