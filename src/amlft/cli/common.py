@@ -72,7 +72,7 @@ def open_context(step: str, *, run_id: str | None, profile: str | None, backend:
         record = RunRecord.load(run_id)
     elif step not in PRE_SUBMIT_STEPS:
         record = RunRecord.load(None)  # the latest run; a clear error when there is none
-    elif not new_run:
+    elif not new_run and step != "run":  # `amlft run` always starts a new run unless --run names one
         runs = list_runs()
         if runs:
             latest = RunRecord.load(runs[0]["run_id"])
@@ -125,8 +125,7 @@ def lifecycle_command(step: str) -> Callable[[Callable[..., Any]], Callable[...,
         def wrapper(run_id: str | None, profile: str | None, backend: str | None, overrides: tuple[str, ...],
                     rehearse: bool, faults: tuple[str, ...], json_mode: bool, **kwargs: Any) -> Any:
             ctx = open_context(step, run_id=run_id, profile=profile, backend=backend, overrides=overrides,
-                               rehearse=rehearse, faults=faults, json_mode=json_mode,
-                               new_run=kwargs.pop("_new_run", False))
+                               rehearse=rehearse, faults=faults, json_mode=json_mode)
             out = f(ctx, **kwargs)
             finish(ctx)
             return out

@@ -41,7 +41,18 @@ def _simple(step: str, doc: str) -> click.Command:
 
 auth_cmd = _simple("auth", "Resolve the credential and the workspace + `azureml` registry clients (Azure backend).")
 register_cmd = _simple("register", "Register the fine-tuned model (MLflow) with lineage tags.")
-deploy_cmd = _simple("deploy", "Deploy the registered model: managed online endpoint on Azure, a local scoring server locally.")
+
+
+@click.command("deploy")
+@click.option("--keep-on-failure", is_flag=True,
+              help="Azure: if the deployment fails, keep the endpoint for debugging (it keeps billing).")
+@lifecycle_command("deploy")
+def deploy_cmd(ctx: Any, keep_on_failure: bool = False) -> None:
+    """Deploy the registered model: managed online endpoint on Azure, a local scoring server locally."""
+    from amlft.lifecycle import run_step
+
+    ctx.options["keep_on_failure"] = keep_on_failure
+    ctx.console.result(deploy=run_step(ctx, "deploy"))
 
 
 @click.command("check")

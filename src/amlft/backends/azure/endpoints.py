@@ -1,0 +1,176 @@
+"""Managed online endpoint + deployment: create early, deploy, explain failures, tear down.
+
+The endpoint is started right after the job is submitted (it takes minutes and costs
+nothing without a deployment), so after training only the deployment is left. Every
+endpoint carries `amlft-run-id` / `amlft-created-at` tags: teardown deletes only an
+endpoint whose tag names this run (never one that merely has the same name), and the
+stale sweep finds leaked ones by those tags.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from amlft.backends.azure.service import call, is_not_found
+from amlft.backends.azure.session import AzureSession
+from amlft.config import Profile
+from amlft.console import Console
+from amlft.errors import AmlftError, DeploymentError, ServiceError
+from amlft.records import RunRecord, now_iso
+
+TAG_RUN = "amlft-run-id"
+TAG_CREATED = "amlft-created-at"
+EP_KIND = "azureml.online_endpoint"
+DEP_KIND = "azureml.online_deployment"
+LOG_LINES = 60
+
+
+def begin_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console: Console) -> None:
+    """Start creating the run's endpoint (recorded first); does not wait for it."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    existing = [r for r in record.resources(EP_KIND, live_only=True) if r["name"] == name]
+    if existing:
+        return
+    created_at = now_iso()
+    record.add_resource(EP_KIND, name, state="creating", billable=True)
+    ep = ManagedOnlineEndpoint(name=name, auth_mode="key", description=f"amlft run {record.run_id}",
+                               tags={TAG_RUN: record.run_id, TAG_CREATED: created_at})
+    try:
+        call(f"Creating endpoint {name}", sess.ws.online_endpoints.begin_create_or_update, ep,
+             hint="Endpoint names are unique per Azure region: set endpoint.name to another name.")
+    except ServiceError as exc:
+        # Refused: nothing of ours exists under that name, so teardown must not touch it.
+        record.update_resource(EP_KIND, name, state="deleted", refused=True, error=exc.message[:500])
+        raise
+    console.info(f"endpoint {name}: creating in the background while training runs")
+
+
+def wait_endpoint(sess: AzureSession, name: str, *, timeout_s: float = 3600) -> Any:
+    """Poll the endpoint until it is provisioned (the submitting process's poller is long gone)."""
+    started = time.monotonic()
+    while True:
+        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name, idempotent=True)
+        raw = getattr(ep, "provisioning_state", "") or ""
+        state = str(getattr(raw, "value", raw))
+        if state.lower() == "succeeded":
+            return ep
+        if state.lower() in ("failed", "canceled"):
+            raise DeploymentError(f"Endpoint {name} ended in provisioning state {state}.",
+                                  hint="See the endpoint's activity log in the Azure portal; `amlft teardown` cleans up.")
+        if time.monotonic() - started > timeout_s:
+            raise DeploymentError(f"Endpoint {name} is still {state} after {timeout_s:.0f}s.",
+                                  hint="Retry `amlft deploy` later.")
+        time.sleep(sess.poll_interval_s)
+
+
+def owned_by(ep: Any, run_id: str) -> bool:
+    return (getattr(ep, "tags", None) or {}).get(TAG_RUN) == run_id
+
+
+def deploy(sess: AzureSession, record: RunRecord, prof: Profile, *, endpoint_name: str, model_ref: str,
+           console: Console, keep_on_failure: bool) -> dict[str, Any]:
+    """Deployment + 100% traffic. On failure: log tail, delete what this run created, raise."""
+    from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
+
+    e = prof.endpoint
+    if not record.resources(EP_KIND, live_only=True):
+        begin_endpoint(sess, record, endpoint_name, console=console)
+    ep = wait_endpoint(sess, endpoint_name)
+    if not owned_by(ep, record.run_id):
+        raise DeploymentError(f"Endpoint {endpoint_name} exists but was not created by run {record.run_id}.",
+                              hint="Set endpoint.name to a name of your own.")
+    record.update_resource(EP_KIND, endpoint_name, state="created")
+    dep_key = f"{endpoint_name}/{e.deployment_name}"
+    record.add_resource(DEP_KIND, dep_key, endpoint=endpoint_name, deployment=e.deployment_name,
+                        instance_type=e.instance_type, instance_count=e.instance_count, billable=True, state="creating")
+    dep = ManagedOnlineDeployment(
+        name=e.deployment_name, endpoint_name=endpoint_name, model=model_ref,
+        instance_type=e.instance_type, instance_count=e.instance_count,
+        liveness_probe=ProbeSettings(initial_delay=e.liveness_initial_delay_s),
+        request_settings=OnlineRequestSettings(request_timeout_ms=e.request_timeout_ms,
+                                               max_concurrent_requests_per_instance=e.max_concurrent_requests_per_instance),
+    )
+    console.info(f"deploying {model_ref} to {endpoint_name}/{e.deployment_name} "
+                 f"({e.instance_count} x {e.instance_type}); this takes 10-20 minutes on Azure")
+    try:
+        poller = call(f"Creating deployment {dep_key}", sess.ws.online_deployments.begin_create_or_update, dep)
+        call(f"Deployment {dep_key}", poller.result)
+    except AmlftError as exc:
+        logs = deployment_logs(sess, endpoint_name, e.deployment_name)
+        if logs:
+            console.error(f"deployment {dep_key} failed; last {LOG_LINES} log lines:\n{logs}")
+        if keep_on_failure:
+            console.warn(f"--keep-on-failure: leaving {endpoint_name} in place (it bills); "
+                         f"`amlft teardown --run {record.run_id}` removes it")
+        else:
+            delete_endpoint(sess, record, endpoint_name, console=console)
+        raise DeploymentError(exc.message,
+                              hint=_deploy_hint(exc.message) + (" The endpoint was deleted." if not keep_on_failure else "")) from exc
+    record.update_resource(DEP_KIND, dep_key, state="created")
+    ep.traffic = {e.deployment_name: 100}
+    call(f"Routing traffic on {endpoint_name}", lambda: sess.ws.online_endpoints.begin_create_or_update(ep).result())
+    ep = call(f"Reading endpoint {endpoint_name}", sess.ws.online_endpoints.get, endpoint_name, idempotent=True)
+    console.info(f"endpoint {endpoint_name} serves {e.deployment_name} (100% traffic): {ep.scoring_uri}")
+    return {"endpoint_name": endpoint_name, "deployment_name": e.deployment_name, "scoring_uri": ep.scoring_uri,
+            "openai_base_url": None, "contract": "azureml"}
+
+
+def _deploy_hint(message: str) -> str:
+    low = message.lower()
+    if "quota" in low:
+        return ("Not enough quota for the endpoint's instances: request more (Azure portal > Quotas), lower "
+                "endpoint.instance_count, or pick another endpoint.instance_type from the model's inference allow-list.")
+    if "crash" in low or "liveness" in low or "container" in low:
+        return "The scoring container did not start: read the log tail above (model load errors, out of memory)."
+    return "Read the log tail above; `amlft deploy --keep-on-failure` keeps the endpoint for debugging."
+
+
+def deployment_logs(sess: AzureSession, endpoint_name: str, deployment_name: str) -> str:
+    try:
+        text = sess.ws.online_deployments.get_logs(deployment_name, endpoint_name, LOG_LINES)
+    except Exception:
+        return ""
+    return "\n".join(str(text or "").rstrip().splitlines()[-LOG_LINES:])
+
+
+def delete_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console: Console) -> str:
+    """Delete the run's endpoint (and so its deployments). Idempotent; never deletes someone else's."""
+    try:
+        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name, idempotent=True)
+    except ServiceError as exc:
+        if exc.status == 404:
+            _mark_gone(record, name)
+            return "already gone"
+        raise
+    if not owned_by(ep, record.run_id):
+        _mark_gone(record, name)
+        console.warn(f"endpoint {name} belongs to someone else (tag {TAG_RUN}={(ep.tags or {}).get(TAG_RUN)}); left alone")
+        return "not ours"
+    try:
+        call(f"Deleting endpoint {name}", lambda: sess.ws.online_endpoints.begin_delete(name=name).result(),
+             idempotent=True)
+    except ServiceError as exc:
+        if exc.status != 404:
+            raise
+    _mark_gone(record, name)
+    console.info(f"deleted endpoint {name} (billing for it stops)")
+    return "deleted"
+
+
+def _mark_gone(record: RunRecord, name: str) -> None:
+    record.mark_deleted(EP_KIND, name)
+    for r in record.resources(DEP_KIND, live_only=True):
+        if r.get("endpoint") == name:
+            record.mark_deleted(DEP_KIND, r["name"])
+
+
+def endpoint_alive(sess: AzureSession, name: str) -> bool:
+    try:
+        sess.ws.online_endpoints.get(name)
+    except Exception as exc:
+        if is_not_found(exc):
+            return False
+        raise
+    return True

@@ -1,0 +1,114 @@
+"""The one chokepoint where Azure SDK exceptions become `amlft.errors` with a hint.
+
+Every SDK call the backend makes goes through `call()`: an HttpResponseError becomes a
+ServiceError carrying status, service error code, message and request id (what Azure
+support asks for); a credential failure becomes AuthError. Transient answers (429, 5xx)
+are retried by azure-core's RetryPolicy first; `call()` adds a few retries of its own
+for operations azure-core will not retry (POSTs such as listKeys) when `idempotent=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from amlft.errors import AmlftError, AuthError, ServiceError
+
+T = TypeVar("T")
+TRANSIENT = {408, 429, 500, 502, 503, 504}
+# Seconds between our own retries; rehearsals set it near zero (the fake's clock is virtual).
+retry_delay_s = 2.0
+
+_HINTS = {
+    401: "The credential was rejected: run `az login` (or check AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_FEDERATED_TOKEN_FILE in CI).",
+    403: "Your identity lacks a role here: grant it 'AzureML Data Scientist' on the workspace "
+         "(and 'AzureML Registry User' for registries).",
+    404: "Check the name/version in the profile; `amlft check` lists what exists.",
+    409: "Something with that name already exists or is busy; pick another name or wait and retry.",
+    429: "Azure is throttling requests; wait a minute and retry.",
+}
+
+
+def translate(exc: BaseException, what: str, *, hint: str | None = None) -> AmlftError | None:
+    """The amlft error for an SDK exception, or None when `exc` is not a service/auth failure."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    try:
+        from azure.identity import CredentialUnavailableError
+    except ImportError:  # pragma: no cover - azure-identity is part of the azure extra
+        CredentialUnavailableError = ClientAuthenticationError  # type: ignore[misc,assignment]
+
+    if isinstance(exc, CredentialUnavailableError) or (
+            isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None):
+        return AuthError(f"{what}: no usable Azure credential ({_first_line(exc)}).",
+                         hint="Run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ a secret or federated "
+                              "token) for a service principal; in GitHub Actions use azure/login with OIDC.")
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code
+        err = getattr(exc, "error", None)
+        code = getattr(err, "code", None) if err is not None else None
+        message = getattr(err, "message", None) if err is not None else None
+        message = message or _first_line(exc)
+        request_id = None
+        resp = getattr(exc, "response", None)
+        if resp is not None:
+            headers = getattr(resp, "headers", {}) or {}
+            request_id = (headers.get("x-ms-request-id") or headers.get("x-request-id")
+                          or headers.get("x-ms-client-request-id"))
+        return ServiceError(f"{what} failed: {message}", status=status, code=code, request_id=request_id,
+                            hint=hint or _HINTS.get(status or 0) or (
+                                "Azure had a transient problem; retry in a few minutes." if status in TRANSIENT else None))
+    return None
+
+
+def call(what: str, fn: Callable[..., T], *args: Any, hint: str | None = None, idempotent: bool = False,
+         attempts: int = 4, **kwargs: Any) -> T:
+    """Run one SDK call, translating failures; retry transient ones when the call is idempotent."""
+    for attempt in range(1, attempts + 1):
+        try:
+            # The SDK's LRO poller prints progress dots to stdout, which would corrupt --json output.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return fn(*args, **kwargs)
+        except AmlftError:
+            raise
+        except Exception as exc:
+            err = translate(exc, what, hint=hint)
+            if err is None:
+                raise
+            status = getattr(err, "status", None)
+            if idempotent and status in TRANSIENT and attempt < attempts:
+                time.sleep(retry_delay_s * attempt)
+                continue
+            raise err from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def enum_text(value: Any) -> str:
+    """SDK fields are sometimes plain strings, sometimes enums (JobStatus.COMPLETED): their wire text."""
+    if value is None:
+        return ""
+    return str(getattr(value, "value", value))
+
+
+def quiet_sdk_logs() -> None:
+    """The SDK logs 'experimental class' notices at WARNING on every run; they are not the user's concern."""
+    import logging
+
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    # e.g. "Check: endpoint X exists" at INFO on a handler the SDK installs itself
+    logging.getLogger("azure.ai.ml.operations").setLevel(logging.WARNING)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status", None) == 404 or \
+        getattr(exc, "status_code", None) == 404
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__

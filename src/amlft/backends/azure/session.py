@@ -1,0 +1,90 @@
+"""One Azure session per command: credential, workspace client, registry client.
+
+Cached on the StepContext so the steps of `amlft run` share one set of clients (and
+one token) instead of re-authenticating per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amlft.backends.base import StepContext
+from amlft.config import Profile
+from amlft.console import Console
+
+_KEY = "_azure_session"
+
+
+@dataclass
+class AzureSession:
+    credential: Any
+    credential_desc: str
+    subscription_id: str
+    resource_group: str
+    workspace_name: str
+    registry_name: str
+    ws: Any  # MLClient for the workspace
+    reg: Any  # MLClient for the registry
+    rehearse: bool
+    fake: Any = None
+    sources: dict[str, str] | None = None
+
+    @property
+    def poll_interval_s(self) -> float:
+        """Rehearsals poll fast: the fake's clock advances per request, not per second."""
+        return 0.02 if self.rehearse else 30.0
+
+
+def client_kwargs(rehearse: bool) -> dict[str, Any]:
+    """Options for MLClient: azure-core retries (429/5xx) stay on; rehearsals back off instantly."""
+    kw: dict[str, Any] = {"show_progress": False, "retry_total": 6}
+    if rehearse:
+        kw["retry_backoff_factor"] = 0.0
+        kw["retry_backoff_max"] = 0.0
+    return kw
+
+
+def open_session(ctx: StepContext) -> AzureSession:
+    """The context's session, created on first use and shared by the steps of one command."""
+    cached = ctx.options.get(_KEY)
+    if cached is not None:
+        return cached
+    sess = connect(ctx.profile, rehearse=ctx.rehearse, faults=ctx.faults, console=ctx.console, root=ctx.record.root)
+    ctx.options[_KEY] = sess
+    return sess
+
+
+def connect(prof: Profile, *, rehearse: bool, faults: list[str], console: Console, root: Path | None = None) -> AzureSession:
+    """Credential + workspace client + registry client (against the fake when rehearsing)."""
+    from amlft.backends.azure import service
+    from amlft.errors import require
+
+    require("azure.ai.ml", extra="azure", purpose="The Azure backend")
+    service.quiet_sdk_logs()
+    from azure.ai.ml import MLClient
+
+    kwargs = client_kwargs(rehearse)
+    if rehearse:
+        from amlft.backends.azure.rehearsal import NOTICE, ensure_fake, fake_state_path
+
+        fake = ensure_fake(faults, root=root)
+        service.retry_delay_s = 0.0
+        console.info(NOTICE.format(path=fake_state_path(root)))
+        if faults:
+            console.info(f"REHEARSAL: injected fault(s): {', '.join(faults)}")
+        credential, desc = fake.credential, "rehearsal credential (fake)"
+        sub, rg, wsn = fake.subscription_id, fake.resource_group, fake.workspace_name
+        sources = {"subscription_id": "rehearsal", "resource_group": "rehearsal", "workspace_name": "rehearsal"}
+    else:
+        from amlft.backends.azure.auth import build_credential, resolve_workspace
+
+        fake = None
+        coords = resolve_workspace(prof.workspace)
+        credential, desc = build_credential()
+        sub, rg, wsn, sources = coords.subscription_id, coords.resource_group, coords.workspace_name, coords.sources
+    ws = MLClient(credential, subscription_id=sub, resource_group_name=rg, workspace_name=wsn, **kwargs)
+    reg = service.call(f"Connecting to the '{prof.workspace.registry}' registry",
+                       MLClient, credential, registry_name=prof.workspace.registry, **kwargs)
+    return AzureSession(credential, desc, sub, rg, wsn, prof.workspace.registry, ws, reg, rehearse, fake, sources)

@@ -1,0 +1,306 @@
+"""The local scoring server: both contracts, streaming, auth, limits, batching, launch/stop.
+
+Most tests run the real HTTP server in this process (`serve`) around one real engine on the
+tiny model, so they cost milliseconds each; one test launches the detached process the way
+`amlft deploy` does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from amlft.errors import ServiceError
+from amlft.serving import build_azureml_request, score
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-5f2c9a7e1b"
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "do_sample": False, "max_new_tokens": 24}
+CHATS = [
+    [{"role": "user", "content": "Classify this item: helicopter"}],
+    [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Category for trowel, please."}],
+    [{"role": "user", "content": "Here is a word: ferry. Which category?"}],
+    [{"role": "user", "content": "hello"}],
+]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from amlft.backends.local.tiny import build_tiny_model
+
+    # No pre-training: these tests are about serving, and the untrained weights build in a second.
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), pretrain_steps=0)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir: Path) -> Iterator[Any]:
+    from amlft.backends.local.generation import Engine
+
+    eng = Engine(model_dir, max_concurrency=4, max_queue=8)
+    yield eng
+    eng.close(1.0)
+
+
+def _serve(engine: Any, **limits: Any) -> tuple[Any, str]:
+    from amlft.backends.local.server import App, serve
+
+    app = App(engine, KEY, request_timeout_s=limits.get("request_timeout_s", 30.0),
+              max_request_bytes=limits.get("max_request_bytes", 8192))
+    httpd = serve(app, "127.0.0.1", 0)
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def base(engine: Any) -> Iterator[str]:
+    httpd, url = _serve(engine)
+    yield url
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# ---- contracts ----------------------------------------------------------------------------
+def test_score_accepts_nested_and_flat_input_string_and_matches_openai(base: str) -> None:
+    messages = CHATS[0]
+    nested = score(f"{base}/score", KEY, messages, GREEDY, contract="azureml")  # the client sends nested
+    flat = requests.post(f"{base}/score", json=build_azureml_request(messages, GREEDY, nested=False),
+                         headers=_auth(), timeout=30)
+    assert flat.status_code == 200 and flat.json() == {"output": nested}
+    assert isinstance(nested, str)
+    via_openai = score(f"{base}/v1", KEY, messages, GREEDY, contract="openai")
+    assert via_openai == nested  # same greedy generation behind both contracts
+
+
+def test_openai_client_completion_usage_and_stream(base: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    msgs = CHATS[1]
+    full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=20, temperature=0)
+    text = full.choices[0].message.content
+    assert full.object == "chat.completion" and full.choices[0].message.role == "assistant"
+    assert full.usage.completion_tokens >= 1 and full.usage.prompt_tokens > 5
+    assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
+    assert full.choices[0].finish_reason in ("stop", "length")
+
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=20, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) >= 2, "text arrives in several chunks"
+    assert "".join(pieces) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert len(client.models.list().data) == 1
+
+
+def test_raw_sse_framing_ends_with_done(base: str) -> None:
+    body = {"messages": CHATS[3], "max_tokens": 8, "temperature": 0, "stream": True}
+    with requests.post(f"{base}/v1/chat/completions", json=body, headers=_auth(), stream=True, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+        raw = r.content.decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    first = json.loads(events[0][6:])
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_models_and_health(base: str, model_dir: Path) -> None:
+    models = requests.get(f"{base}/v1/models", headers=_auth(), timeout=5).json()
+    assert models["data"][0]["id"] == model_dir.name
+    health = requests.get(f"{base}/health", timeout=5)  # no key needed
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert KEY not in health.text
+
+
+# ---- auth and limits ----------------------------------------------------------------------
+@pytest.mark.parametrize("path,method", [("/score", "POST"), ("/v1/chat/completions", "POST"),
+                                         ("/v1/models", "GET")])
+@pytest.mark.parametrize("headers", [{}, _auth("wrong-key"), {"Authorization": KEY}],
+                         ids=["no-key", "wrong-key", "no-bearer"])
+def test_401_without_or_with_wrong_key(base: str, path: str, method: str, headers: dict[str, str]) -> None:
+    body = build_azureml_request(CHATS[0], GREEDY) if path == "/score" else {"messages": CHATS[0]}
+    r = requests.request(method, base + path, json=body if method == "POST" else None, headers=headers, timeout=10)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "wrong-key" not in r.text
+
+
+def test_openai_client_with_wrong_key_is_refused(base: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="tiny", messages=CHATS[0], max_tokens=4)
+    with pytest.raises(ServiceError) as err:
+        score(f"{base}/score", "nope", CHATS[0], GREEDY)
+    assert err.value.status == 401
+
+
+def test_413_when_body_exceeds_limit(base: str) -> None:
+    huge = [{"role": "user", "content": "x" * 10_000}]
+    r = requests.post(f"{base}/score", json=build_azureml_request(huge, GREEDY), headers=_auth(), timeout=10)
+    assert r.status_code == 413
+    assert "8192" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/score", b"{not json", "JSON"),
+    ("/score", {"inputs": "hi"}, "input_data"),
+    ("/score", {"input_data": {"input_string": []}}, "input_data.input_string"),
+    ("/score", {"input_data": {"input_string": [{"role": "robot", "content": "x"}]}}, "input_data.input_string[0].role"),
+    ("/score", {"input_data": {"input_string": [{"role": "user", "content": 3}]}}, "input_data.input_string[0].content"),
+    ("/score", {"input_data": {"input_string": CHATS[0], "parameters": {"max_new_tokens": "ten"}}},
+     "input_data.parameters.max_new_tokens"),
+    ("/score", {"input_data": {"input_string": CHATS[0], "parameters": {"top_p": 1.5}}}, "input_data.parameters.top_p"),
+    ("/score", {"input_data": {"input_string": CHATS[0], "parameters": {"beams": 4}}}, "input_data.parameters.beams"),
+    ("/v1/chat/completions", {"messages": "hi"}, "messages"),
+    ("/v1/chat/completions", {"messages": CHATS[0], "temperature": -1}, "temperature"),
+    ("/v1/chat/completions", {"messages": CHATS[0], "n": 3}, "n=3"),
+    ("/v1/chat/completions", {"messages": CHATS[0], "tools": []}, "tools"),
+    ("/v1/chat/completions", {"messages": CHATS[0], "max_tokens": 10**6}, "max_new_tokens"),
+])
+def test_400_names_the_bad_field(base: str, path: str, body: Any, field: str) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = requests.post(base + path, data=data, headers={**_auth(), "Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400
+    assert field in r.json()["error"]["message"]
+
+
+# ---- batching ------------------------------------------------------------------------------
+def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
+    from amlft.backends.local.generation import GenRequest, make_params
+
+    def req(msgs: list[dict[str, str]], n: int) -> Any:
+        return GenRequest(engine.encode(msgs), make_params(where="", max_new_tokens=n, limit=4096),
+                          deadline=time.monotonic() + 60)
+
+    alone = [req(m, 10 + 4 * i) for i, m in enumerate(CHATS)]
+    for r in alone:
+        engine.generate_batch([r])
+    together = [req(m, 10 + 4 * i) for i, m in enumerate(CHATS)]  # different lengths and budgets
+    engine.generate_batch(together)
+    assert [(r.text, r.completion_tokens, r.finish_reason) for r in together] == \
+           [(r.text, r.completion_tokens, r.finish_reason) for r in alone]
+    assert len({len(r.prompt_ids) for r in together}) > 1, "prompts of different lengths were left-padded"
+
+    # Through HTTP: concurrent requests share generate calls and still get their own answers.
+    before = dict(engine.stats)
+    results: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        results[i] = score(f"{base}/score", KEY, CHATS[i % 4], dict(GREEDY, max_new_tokens=10 + 4 * (i % 4)))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [results[i] for i in range(8)] == [alone[i % 4].text for i in range(8)]
+    assert engine.stats["batches"] - before["batches"] < 8, "some requests were batched together"
+
+
+# ---- overload, timeout ---------------------------------------------------------------------
+def test_overload_503_timeout_504_and_slot_freed(model_dir: Path) -> None:
+    from amlft.backends.local.generation import Engine
+
+    eng = Engine(model_dir, max_concurrency=1, max_queue=0)
+    forward = eng.model.forward
+
+    def slow_forward(*args: Any, **kwargs: Any) -> Any:  # a big model on a small machine
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    eng.model.forward = slow_forward
+    httpd, url = _serve(eng, request_timeout_s=1.0)
+    try:
+        slow_body = {"messages": CHATS[0], "max_tokens": 300, "ignore_eos": True, "temperature": 0}
+        outcome: dict[str, Any] = {}
+
+        def slow() -> None:
+            t0 = time.monotonic()
+            r = requests.post(f"{url}/v1/chat/completions", json=slow_body, headers=_auth(), timeout=30)
+            outcome.update(status=r.status_code, seconds=time.monotonic() - t0, body=r.json())
+
+        t = threading.Thread(target=slow)
+        t.start()
+        for _ in range(200):
+            if requests.get(f"{url}/health", timeout=5).json()["running"] == 1:
+                break
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        busy = requests.post(f"{url}/score", json=build_azureml_request(CHATS[1], GREEDY), headers=_auth(),
+                             timeout=30)
+        assert busy.status_code == 503 and time.monotonic() - t0 < 0.5, "refused at once, not queued"
+        assert busy.headers.get("Retry-After")
+        t.join(30)
+        assert outcome["status"] == 504 and 0.9 < outcome["seconds"] < 5
+        assert "timeout" in outcome["body"]["error"]["message"]
+        for _ in range(100):  # the timed-out generation stops at its next step, freeing the slot
+            if requests.get(f"{url}/health", timeout=5).json()["running"] == 0:
+                break
+            time.sleep(0.02)
+        ok = requests.post(f"{url}/score", json=build_azureml_request(CHATS[1], dict(GREEDY, max_new_tokens=4)),
+                           headers=_auth(), timeout=30)
+        assert ok.status_code == 200
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        eng.close(1.0)
+
+
+# ---- the detached process ------------------------------------------------------------------
+def test_launch_stop_is_alive_drains_and_frees_port(model_dir: Path, tmp_path: Path) -> None:
+    from amlft.backends.local.server import is_alive, launch, stop
+
+    log_path = tmp_path / "server.log"
+    handle = launch(model_dir, key=KEY, max_concurrency=2, log_path=log_path, model_name="tiny-ft")
+    try:
+        assert is_alive(handle.pid, handle.port)
+        assert KEY not in Path(f"/proc/{handle.pid}/cmdline").read_text(errors="replace")
+        assert handle.scoring_uri.endswith("/score") and handle.openai_base_url.endswith("/v1")
+        answer = score(handle.scoring_uri, KEY, CHATS[0], GREEDY)
+        assert answer == score(handle.openai_base_url, KEY, CHATS[0], GREEDY, contract="openai")
+        assert requests.get(f"{handle.openai_base_url}/models", headers=_auth(), timeout=5).json()["data"][0]["id"] \
+            == "tiny-ft"
+        refused = requests.post(handle.scoring_uri, json={}, headers=_auth("guess-" + KEY), timeout=5)
+        assert refused.status_code == 401
+
+        # SIGTERM while a request is generating: it still gets its whole answer.
+        result: dict[str, Any] = {}
+        body = {"messages": CHATS[2], "max_tokens": 60, "ignore_eos": True, "temperature": 0}
+        worker = threading.Thread(target=lambda: result.update(r=requests.post(
+            f"{handle.openai_base_url}/chat/completions", json=body, headers=_auth(), timeout=30)))
+        worker.start()
+        for _ in range(200):
+            if requests.get(f"http://127.0.0.1:{handle.port}/health", timeout=5).json()["running"]:
+                break
+            time.sleep(0.01)
+        assert stop(handle.pid) is True
+        worker.join(30)
+        assert result["r"].status_code == 200
+        assert result["r"].json()["usage"]["completion_tokens"] == 60
+    finally:
+        stop(handle.pid)
+    assert not is_alive(handle.pid, handle.port)
+    assert stop(handle.pid) is False  # idempotent
+    with socket.socket() as s:  # nothing listens there any more...
+        assert s.connect_ex(("127.0.0.1", handle.port)) != 0
+    with socket.socket() as s:  # ...and a new server can bind it (as every server does, with SO_REUSEADDR)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", handle.port))
+    logged = log_path.read_text()
+    assert '"POST /score" 200' in logged and '"POST /score" 401' in logged
+    assert KEY not in logged and "Authorization" not in logged
