@@ -17,9 +17,12 @@ call per request. Outputs are checked to be identical before anything is timed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -84,8 +87,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pat
 
 
 def run_load(send: Callable[[requests.Session, list[dict[str, str]]], str], chats: list[list[dict[str, str]]],
-             concurrency: int, total: int) -> dict[str, float]:
-    """`concurrency` closed-loop clients share `total` requests; returns latency and throughput."""
+             concurrency: int, total: int) -> tuple[list[float], float]:
+    """`concurrency` closed-loop clients share `total` requests; returns the latencies and the wall time."""
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(total))
@@ -108,7 +111,10 @@ def run_load(send: Callable[[requests.Session, list[dict[str, str]]], str], chat
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    return latencies, time.perf_counter() - start
+
+
+def summarize(latencies: list[float], wall: float) -> dict[str, float]:
     lat = sorted(latencies)
     return {"p50_ms": statistics.median(lat) * 1000, "p95_ms": lat[max(0, int(len(lat) * 0.95) - 1)] * 1000,
             "rps": len(lat) / wall, "n": len(lat)}
@@ -120,10 +126,12 @@ def main() -> int:
     ap.add_argument("--tracking-uri", help="MLflow store holding --model-uri (default: log to a temp store)")
     ap.add_argument("--model-uri", help="e.g. models:/NAME/1")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=32, help="requests per (server, concurrency) cell")
+    ap.add_argument("--requests", type=int, default=48, help="requests per (server, concurrency) cell")
+    ap.add_argument("--rounds", type=int, default=2, help="each cell is split into this many interleaved rounds")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for each server")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder (model, MLflow store, server logs)")
     args = ap.parse_args()
 
     from amlft.backends.local.server import launch, stop
@@ -183,26 +191,46 @@ def main() -> int:
         same = sum(x.strip() == y.strip() for x, y in zip(a, m, strict=True))
         print(f"identical greedy outputs on {same}/4 warm-up prompts", file=sys.stderr)
 
+        # Cells are interleaved (both servers at one concurrency, then again, ...) so that a change in
+        # the machine's load during the run (it may be shared) hits both servers alike.
+        raw: dict[tuple[str, int], tuple[list[float], float, int, int]] = {}
+        for c in args.concurrency:
+            for rnd in range(args.rounds):
+                for name, send in servers.items():
+                    print(f"  {name}: concurrency {c}, round {rnd + 1}/{args.rounds} ...", file=sys.stderr)
+                    before = requests.get(f"http://127.0.0.1:{handle.port}/health", timeout=5).json()["stats"]
+                    lat, wall = run_load(send, chats, c, args.requests // args.rounds)
+                    after = requests.get(f"http://127.0.0.1:{handle.port}/health", timeout=5).json()["stats"]
+                    prev = raw.get((name, c), ([], 0.0, 0, 0))
+                    raw[(name, c)] = (prev[0] + lat, prev[1] + wall,
+                                      prev[2] + after["batched_rows"] - before["batched_rows"],
+                                      prev[3] + after["batches"] - before["batches"])
         results: dict[str, dict[int, dict[str, float]]] = {}
-        for name, send in servers.items():
-            for c in args.concurrency:
-                print(f"  {name}: concurrency {c} ...", file=sys.stderr)
-                results.setdefault(name, {})[c] = run_load(send, chats, c, args.requests)
+        for (name, c), (lat, wall, rows, batches) in raw.items():
+            results.setdefault(name, {})[c] = summarize(lat, wall)
+            if name == "amlft local":
+                results[name][c]["mean_batch"] = rows / max(1, batches)
     finally:
         if handle is not None:
             stop(handle.pid)
-        mlflow_proc.terminate()
+        # mlflow runs uvicorn as its child: signal the whole session it was started in
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(mlflow_proc.pid, signal.SIGTERM)
         try:
             mlflow_proc.wait(15)
         except subprocess.TimeoutExpired:
-            mlflow_proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(mlflow_proc.pid, signal.SIGKILL)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmodel {model_dir} | max_tokens {args.max_tokens} | {args.requests} requests per cell | "
-          f"torch threads {args.threads} | {os.cpu_count()} CPUs")
-    print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}")
+          f"torch threads {args.threads} | {os.cpu_count()} CPUs | load avg {os.getloadavg()[0]:.1f}")
+    print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'mean batch':>12}")
     for name, by_c in results.items():
         for c, r in by_c.items():
-            print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}")
+            batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-"
+            print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}")
     top = max(args.concurrency)
     ratio = results["amlft local"][top]["rps"] / results["mlflow models serve"][top]["rps"]
     print(f"\nthroughput ratio at concurrency {top}: {ratio:.2f}x (target >= 2x)")

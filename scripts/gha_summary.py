@@ -37,12 +37,17 @@ def _duration(entry: dict[str, Any]) -> str:
         end = datetime.fromisoformat(str(entry["ended_at"]))
     except (KeyError, TypeError, ValueError):
         return ""
-    seconds = int((end - start).total_seconds())
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return _hms((end - start).total_seconds())
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")[:300]
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _cell(value: Any, limit: int = 300) -> str:
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render(record: dict[str, Any], bench_dir: Path | None = None) -> str:
@@ -66,7 +71,7 @@ def render(record: dict[str, Any], bench_dir: Path | None = None) -> str:
         job = f"[`{submit['job_name']}`]({submit['studio_url']})" if submit.get("studio_url") else f"`{submit['job_name']}`"
         facts.append(("fine-tune job", job))
     if wait.get("status"):
-        facts.append(("training", f"{wait['status']} after {round(float(wait.get('duration_s') or 0) / 60)} min"))
+        facts.append(("training", f"{wait['status']} after {_hms(float(wait.get('duration_s') or 0))}"))
     register = outputs.get("register") or {}
     if register.get("name"):
         facts.append(("model", f"`{register['name']}:{register.get('version')}`"))
@@ -81,17 +86,21 @@ def render(record: dict[str, Any], bench_dir: Path | None = None) -> str:
         facts.append(("data", ", ".join(f"{split}: {c.get('kept')}/{c.get('in')} kept" for split, c in counts.items()
                                         if isinstance(c, dict))))
     bench = outputs.get("bench") or {}
-    if bench.get("summary"):
-        facts.append(("benchmark", bench["summary"]))
+    headline = bench.get("summary")
+    if isinstance(headline, dict):
+        headline = headline.get("headline")
+    if headline:
+        facts.append(("benchmark", headline))
     if facts:
-        lines += ["", "| | |", "|---|---|", *[f"| {k} | {_cell(v)} |" for k, v in facts]]
+        lines += ["", "| | |", "|---|---|",
+                  *[f"| {k} | {v if k == 'fine-tune job' else _cell(v)} |" for k, v in facts]]
 
     findings = (outputs.get("check") or {}).get("findings") or []
     problems = [f for f in findings if f.get("severity") in ("error", "warning")]
     if problems:
         lines += ["", "### Preflight findings", ""]
-        lines += [f"- **{f.get('severity')}** ({f.get('check')}): {f.get('message')} — fix: {f.get('fix')}"
-                  for f in problems]
+        lines += [f"- **{f.get('severity')}** ({f.get('check')}): {f.get('message')}"
+                  + (f" — fix: {f['fix']}" if f.get("fix") else "") for f in problems]
 
     if bench_dir is not None and (bench_dir / "report.md").is_file():
         lines += ["", "<details><summary>Benchmark report</summary>", "",

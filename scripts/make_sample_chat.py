@@ -167,7 +167,8 @@ def build(seed: int = 7) -> dict[str, list[dict[str, object]]]:
     # train_gen: general chat and plain facts ("Banana is a kind of fruit.") - what the tiny
     # base model is pre-trained on, like the world knowledge of a real base model. The
     # fine-tune then teaches the behaviour: answer in the task's format.
-    train_gen = [_row(c) for c in general_conversations() + knowledge_conversations()]
+    # Held-out general chat stays out of it, so neither model has seen the test answers.
+    train_gen = [_row(c) for c in general[:36] + knowledge_conversations()]
     rng.shuffle(train_gen)
     return {"train_sft": train, "test_sft": test, "train_gen": train_gen, "test_gen": test_gen}
 

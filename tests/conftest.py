@@ -24,3 +24,14 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.delenv(var, raising=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One untrained tiny chat model per test session (read-only for tests: never write into it).
+
+    No pre-training: serving, bench and publish tests need a real transformers model, not good answers.
+    """
+    from amlft.backends.local.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), pretrain_steps=0)

@@ -182,3 +182,21 @@ def test_exponent_numbers_are_numbers_but_quoted_strings_stay(tmp_path: Path) ->
     p.write_text('finetune:\n  learning_rate: 5e-6\n  precision: "16"\n  apply_lora: "true"\n')
     prof = Profile.from_yaml(p)
     assert prof.finetune == {"learning_rate": 5e-6, "precision": "16", "apply_lora": "true"}
+
+
+@pytest.mark.parametrize("total", [None, 10])
+def test_progress_renders_on_a_terminal_with_unknown_total(total: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waits start before they know how many steps there are; that must not crash a TTY."""
+    import io
+
+    from amlft.console import Console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    with Console().progress("job", total=total, unit="steps") as bar:
+        bar.update(1, status="Running")
+        bar.update(2, total=4, status="Running")
+    assert "job" in buf.getvalue()

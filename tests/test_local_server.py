@@ -18,10 +18,8 @@ from typing import Any
 import pytest
 import requests
 
-from amlft.errors import ServiceError
+from amlft.errors import DeploymentError, ServiceError
 from amlft.serving import build_azureml_request, score
-
-pytestmark = pytest.mark.slow
 
 KEY = "test-key-5f2c9a7e1b"
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "do_sample": False, "max_new_tokens": 24}
@@ -34,20 +32,21 @@ CHATS = [
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from amlft.backends.local.tiny import build_tiny_model
-
-    # No pre-training: these tests are about serving, and the untrained weights build in a second.
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), pretrain_steps=0)
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
 def engine(model_dir: Path) -> Iterator[Any]:
+    import torch
+
     from amlft.backends.local.generation import Engine
 
-    eng = Engine(model_dir, max_concurrency=4, max_queue=8)
+    threads = torch.get_num_threads()  # one thread, as the server picks for a tiny model; restored after
+    eng = Engine(model_dir, max_concurrency=4, max_queue=8, threads=1)
     yield eng
     eng.close(1.0)
+    torch.set_num_threads(threads)
 
 
 def _serve(engine: Any, **limits: Any) -> tuple[Any, str]:
@@ -72,6 +71,7 @@ def _auth(key: str = KEY) -> dict[str, str]:
 
 
 # ---- contracts ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_score_accepts_nested_and_flat_input_string_and_matches_openai(base: str) -> None:
     messages = CHATS[0]
     nested = score(f"{base}/score", KEY, messages, GREEDY, contract="azureml")  # the client sends nested
@@ -83,6 +83,7 @@ def test_score_accepts_nested_and_flat_input_string_and_matches_openai(base: str
     assert via_openai == nested  # same greedy generation behind both contracts
 
 
+@pytest.mark.slow
 def test_openai_client_completion_usage_and_stream(base: str) -> None:
     import openai
 
@@ -105,6 +106,7 @@ def test_openai_client_completion_usage_and_stream(base: str) -> None:
     assert len(client.models.list().data) == 1
 
 
+@pytest.mark.slow
 def test_raw_sse_framing_ends_with_done(base: str) -> None:
     body = {"messages": CHATS[3], "max_tokens": 8, "temperature": 0, "stream": True}
     with requests.post(f"{base}/v1/chat/completions", json=body, headers=_auth(), stream=True, timeout=30) as r:
@@ -117,6 +119,7 @@ def test_raw_sse_framing_ends_with_done(base: str) -> None:
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
 
 
+@pytest.mark.slow
 def test_models_and_health(base: str, model_dir: Path) -> None:
     models = requests.get(f"{base}/v1/models", headers=_auth(), timeout=5).json()
     assert models["data"][0]["id"] == model_dir.name
@@ -126,6 +129,7 @@ def test_models_and_health(base: str, model_dir: Path) -> None:
 
 
 # ---- auth and limits ----------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("path,method", [("/score", "POST"), ("/v1/chat/completions", "POST"),
                                          ("/v1/models", "GET")])
 @pytest.mark.parametrize("headers", [{}, _auth("wrong-key"), {"Authorization": KEY}],
@@ -138,6 +142,7 @@ def test_401_without_or_with_wrong_key(base: str, path: str, method: str, header
     assert "wrong-key" not in r.text
 
 
+@pytest.mark.slow
 def test_openai_client_with_wrong_key_is_refused(base: str) -> None:
     import openai
 
@@ -149,6 +154,7 @@ def test_openai_client_with_wrong_key_is_refused(base: str) -> None:
     assert err.value.status == 401
 
 
+@pytest.mark.slow
 def test_413_when_body_exceeds_limit(base: str) -> None:
     huge = [{"role": "user", "content": "x" * 10_000}]
     r = requests.post(f"{base}/score", json=build_azureml_request(huge, GREEDY), headers=_auth(), timeout=10)
@@ -156,6 +162,7 @@ def test_413_when_body_exceeds_limit(base: str) -> None:
     assert "8192" in r.json()["error"]["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path,body,field", [
     ("/score", b"{not json", "JSON"),
     ("/score", {"inputs": "hi"}, "input_data"),
@@ -180,6 +187,20 @@ def test_400_names_the_bad_field(base: str, path: str, body: Any, field: str) ->
 
 
 # ---- batching ------------------------------------------------------------------------------
+def test_sampling_rules_and_batch_keys() -> None:
+    from amlft.backends.local.generation import make_params
+
+    default = make_params(where="", limit=64)
+    assert not default.do_sample and default.max_new_tokens == 64  # unasked: greedy, capped by the server
+    assert not make_params(where="", temperature=0, do_sample=True, limit=64).do_sample  # temperature 0 = greedy
+    assert make_params(where="", temperature=0.7, limit=64).do_sample
+    off = make_params(where="", temperature=0.7, top_p=0.5, do_sample=False, limit=64)
+    assert off.batch_key() == make_params(where="", max_new_tokens=5, limit=64).batch_key()
+    assert make_params(where="", temperature=0.7, limit=64).batch_key() != \
+        make_params(where="", temperature=0.9, limit=64).batch_key()
+
+
+@pytest.mark.slow
 def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
     from amlft.backends.local.generation import GenRequest, make_params
 
@@ -213,6 +234,7 @@ def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
 
 
 # ---- overload, timeout ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_overload_503_timeout_504_and_slot_freed(model_dir: Path) -> None:
     from amlft.backends.local.generation import Engine
 
@@ -262,12 +284,27 @@ def test_overload_503_timeout_504_and_slot_freed(model_dir: Path) -> None:
 
 
 # ---- the detached process ------------------------------------------------------------------
+def test_launch_refuses_a_folder_without_a_model_and_a_missing_key(tmp_path: Path) -> None:
+    from amlft.backends.local.server import launch
+
+    with pytest.raises(DeploymentError, match=r"no config\.json"):
+        launch(tmp_path, key=KEY, log_path=tmp_path / "server.log")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DeploymentError, match="without a key"):
+        launch(tmp_path, key="", log_path=tmp_path / "server.log")
+    assert not (tmp_path / "server.log").exists(), "no process was started"
+
+
+@pytest.mark.slow
 def test_launch_stop_is_alive_drains_and_frees_port(model_dir: Path, tmp_path: Path) -> None:
     from amlft.backends.local.server import is_alive, launch, stop
 
     log_path = tmp_path / "server.log"
-    handle = launch(model_dir, key=KEY, max_concurrency=2, log_path=log_path, model_name="tiny-ft")
+    started: list[int] = []
+    handle = launch(model_dir, key=KEY, max_concurrency=2, log_path=log_path, model_name="tiny-ft",
+                    on_started=started.append)
     try:
+        assert started == [handle.pid]
         assert is_alive(handle.pid, handle.port)
         assert KEY not in Path(f"/proc/{handle.pid}/cmdline").read_text(errors="replace")
         assert handle.scoring_uri.endswith("/score") and handle.openai_base_url.endswith("/v1")

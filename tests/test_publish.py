@@ -25,16 +25,14 @@ ADAPTER_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors"
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def tiny_run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiny_run_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
     """A tiny base model, a LoRA adapter on it, and the merged model - what a local run leaves behind."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from amlft.backends.local.tiny import build_tiny_model
-
     root = tmp_path_factory.mktemp("tiny-run")
-    base = build_tiny_model(root / "base", pretrain_steps=0)
+    base = tiny_model_dir
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",

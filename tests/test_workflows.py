@@ -150,7 +150,8 @@ def test_finetune_runs_the_lifecycle_in_order_and_always_tears_down() -> None:
     upload = next(s for s in steps if "upload-artifact" in str(s.get("uses", "")))
     assert summary["if"] == "always()" and upload["if"] == "always()"
     paths = upload["with"]["path"]
-    assert ".amlft/runs/*.json" in paths and "!.amlft/secrets/" in paths
+    assert ".amlft/runs/*.json" in paths and ".amlft/artifacts/*/data/report.json" in paths
+    assert "!.amlft/secrets/" in paths
     assert upload["with"]["include-hidden-files"] is True  # .amlft is a hidden folder
     assert not re.search(r"^\s*\.amlft/?\s*$", paths, re.M)  # never the whole state folder (secrets)
 
@@ -226,3 +227,38 @@ def test_job_summary_shows_steps_outputs_and_what_is_left_running(tmp_path: Path
 
 def test_job_summary_without_a_run_record_explains_and_succeeds(tmp_path: Path) -> None:
     assert "No run record" in _summary(["--run", "missing", "--state", str(tmp_path)], tmp_path)
+
+
+# ------------------------------------------------------------------ the workflow, rehearsed
+def test_finetune_workflow_commands_complete_a_rehearsed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The exact `amlft ...` lines of finetune.yml, in order, against the in-process Azure ML fake."""
+    pytest.importorskip("azure.ai.ml")
+    import os
+
+    from amlft.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in {"PROFILE": str(ROOT / "jobs" / "phi3-mini-ultrachat.yml"), "BENCH_OUT": str(tmp_path / "bench-out"),
+           "RUNNER_TEMP": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    run_id = ""
+    for verb, _, step in _amlft_calls(_load("finetune.yml")):
+        line = next(x for x in str(step["run"]).splitlines() if x.lstrip().startswith(f"amlft {verb}"))
+        line = line.split(">")[0].replace('$(python -c \'import sys; print(int(float(sys.argv[1]) * 3600))\' "$WAIT_HOURS")', "18000")
+        args = [os.path.expandvars(w) for w in shlex.split(line.replace("$RUN_ID", run_id))][1:]
+        if verb == "check":
+            args.append("--rehearse")
+        if verb == "bench":
+            args += ["--requests", "3", "--concurrency", "1"]
+        cli.main(args=args, prog_name="amlft", standalone_mode=False)
+        if verb == "check":
+            run_id = json.loads(capsys.readouterr().out)["run_id"]
+    from amlft.records import RunRecord
+
+    record = RunRecord.load(run_id)
+    assert record.step_status("teardown") == "succeeded"
+    assert record.resources("azureml.online_endpoint", live_only=True) == []
+    assert (tmp_path / "bench-out" / "report.md").is_file()
+    out = _summary(["--run", run_id, "--bench", os.environ["BENCH_OUT"], "--state", os.environ["AMLFT_HOME"]], tmp_path)
+    assert "| teardown | ✅ succeeded |" in out and "**Left running:** none" in out

@@ -62,10 +62,12 @@ class Console:
             yield _NullProgress()
             return
         from rich.console import Console as RichConsole
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         rc = RichConsole(file=self._stream)
-        cols = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} " + unit),
+        # MofNCompleteColumn copes with total=None (shows "?"): waits often don't know their length yet.
+        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
         with Progress(*cols, console=rc, transient=False, disable=not rc.is_terminal) as prog:
             task = prog.add_task(description, total=total, status="")

@@ -30,6 +30,8 @@ def benchmark(specs: list[TargetSpec], settings: Settings, *, console: Console, 
     console.info(f"workload: {workload.source} ({len(workload.conversations)} conversations, "
                  f"sha256 {workload.sha256[:12]})")
     results = run_benchmark(specs, workload, settings, console=console, counter=counter)
+    if len(results) == 1 and results[0].error is not None:
+        raise results[0].error  # one target that cannot even be resolved: its own error and hint say it best
     finished = _dt.datetime.now(_dt.timezone.utc)
     targets = [r.to_dict() for r in results]
     doc = {"schema": SCHEMA, "started_at": started.isoformat(timespec="seconds"),
@@ -38,9 +40,7 @@ def benchmark(specs: list[TargetSpec], settings: Settings, *, console: Console, 
            "highlights": report.highlights(targets), "targets": targets}
     files = report.write_reports(out, doc)
     summary = [target_summary(t) for t in targets]
-    for r in results:
-        if r.record is not None:
-            _record(r, out, target_summary(r.to_dict()))
+    _record_runs(results, out)
     show_summary(console, targets, out)
     console.result(bench={"report_dir": str(out), "files": files, "workload": workload.describe(), "targets": summary})
     if any(r.status == "interrupted" for r in results):
@@ -106,12 +106,26 @@ def _default_out(specs: list[TargetSpec], record: Any, started: _dt.datetime) ->
     return Path.cwd() / "bench-results" / stamp
 
 
-def _record(result: TargetResult, out: Path, summary: dict[str, Any]) -> None:
-    """outputs.bench of the benchmarked run: where the report is and the headline numbers."""
-    record = result.record
-    record.reload()  # the backend may have written to it while we measured
-    record.set_output("bench", report_dir=str(out), summary=summary)
-    record.event("bench", report_dir=str(out), status=result.status)
+def _record_runs(results: list[TargetResult], out: Path) -> None:
+    """outputs.bench of each benchmarked run: where the report is, and its targets' headline numbers."""
+    by_run: dict[str, list[TargetResult]] = {}
+    for r in results:
+        if r.record is not None:
+            by_run.setdefault(r.record.run_id, []).append(r)
+    for group in by_run.values():
+        record = group[0].record
+        record.reload()  # the backend may have written to it while we measured
+        summaries = [target_summary(r.to_dict()) for r in group]
+        record.set_output("bench", report_dir=str(out),
+                          summary={"headline": "; ".join(headline(s) for s in summaries), "targets": summaries})
+        record.event("bench", report_dir=str(out), status=",".join(r.status for r in group))
 
+
+def headline(summary: dict[str, Any]) -> str:
+    """One line per target, e.g. `run-1: c=1 2.1 req/s p50 410 ms p95 520 ms; c=4 ...`."""
+    levels = [f"c={lv['concurrency']} {lv['requests_per_s']:.2f} req/s p50 {_ms(lv['latency_p50_s'])} ms "
+              f"p95 {_ms(lv['latency_p95_s'])} ms" + (f" {lv['errors']} errors" if lv["errors"] else "")
+              for lv in summary["levels"]]
+    return f"{summary['name']}: " + (", ".join(levels) if levels else f"{summary['status']} ({summary['reason']})")
 
 __all__ = ["Settings", "Workload", "benchmark"]

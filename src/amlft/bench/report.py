@@ -256,7 +256,7 @@ def _token_sources(targets: Sequence[dict[str, Any]]) -> str:
     if not labels:
         return "none measured"
     text = ", ".join(labels)
-    return text + (f" (~ {ESTIMATE_NOTE})" if any(is_estimated(x) for x in labels) else "")
+    return text + (f"; ~ marks {ESTIMATE_NOTE}" if any(is_estimated(x) for x in labels) else "")
 
 
 def _ms(v: float | None) -> str:

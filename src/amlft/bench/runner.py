@@ -47,6 +47,7 @@ class TargetResult:
     warmup: list[dict[str, Any]] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)  # {"concurrency", "summary", "requests": [...]}
     record: Any = None  # the run record of a --run target (not serialised)
+    error: AmlftError | None = None  # why the target could not be resolved (not serialised)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "status": self.status, "reason": self.reason, "warmup": self.warmup,
@@ -66,7 +67,7 @@ def run_benchmark(specs: Sequence[TargetSpec], workload: Workload, settings: Set
             target, record = resolve(spec, console)
         except AmlftError as exc:
             console.warn(f"target {spec.label()}: {exc.message}")
-            results.append(TargetResult(describe_spec(spec), status="failed", reason=exc.message))
+            results.append(TargetResult(describe_spec(spec), status="failed", reason=exc.message, error=exc))
             continue
         console.step(f"bench {target.name} ({target.contract}, {target.describe()['url']})")
         results.append(bench_target(target, workload, settings, console=console, counter=counter, record=record,
@@ -92,20 +93,31 @@ def bench_target(target: Target, workload: Workload, settings: Settings, *, cons
             result.status, result.reason = "failed", f"every warmup request failed ({first['error_kind']}: {first['error']})"
             console.warn(f"target {target.name}: {result.reason}; skipping its measured runs")
             return result
-    total = (settings.requests or 0) * len(settings.concurrency)
-    with console.progress(f"{target.name}", total=total or None, unit="requests") as bar:
+    # Progress counts requests, or seconds when only --duration bounds the levels.
+    by_time = settings.requests is None
+    total = (settings.duration_s or 0) * len(settings.concurrency) if by_time else \
+        settings.requests * len(settings.concurrency)
+    with console.progress(f"{target.name}", total=total, unit="s" if by_time else "requests") as bar:
         lock = threading.Lock()
-        done = {"n": 0, "errors": 0}
+        done = {"n": 0, "errors": 0, "levels_done": 0, "level_t0": time.perf_counter()}
 
         def on_done(row: dict[str, Any]) -> None:
             with lock:
                 done["n"] += 1
                 done["errors"] += 0 if row["ok"] else 1
-                bar.update(done["n"], status=f"c={row['concurrency']} errors={done['errors']}")
+                if by_time:
+                    elapsed = min(time.perf_counter() - done["level_t0"], settings.duration_s or 0)
+                    completed = done["levels_done"] * (settings.duration_s or 0) + elapsed
+                else:
+                    completed = done["n"]
+                bar.update(completed, status=f"c={row['concurrency']} sent={done['n']} errors={done['errors']}")
 
         for level in settings.concurrency:
             rows, wall = _run_level(target, workload, settings, params, concurrency=level, limit=settings.requests,
                                     deadline_s=settings.duration_s, counter=counter, on_done=on_done, stop=stop)
+            with lock:
+                done["levels_done"] += 1
+                done["level_t0"] = time.perf_counter()
             if rows:
                 result.levels.append({"concurrency": level, "summary": metrics.summarize(rows, wall),
                                       "requests": rows})
@@ -151,37 +163,45 @@ def _run_level(target: Target, workload: Workload, settings: Settings, params: d
             next_index[0] += 1
             return next_index[0] - 1
 
-    def user(user_id: int) -> None:
-        with requests.Session() as session:
-            while (index := claim()) is not None:
-                messages = workload.messages(index)
-                sent = time.perf_counter()
-                out = client.send(session, target, messages, params, timeout=settings.timeout_s,
-                                  stream=settings.stream)
-                row = _row(out, index=index, user=user_id, concurrency=concurrency,
-                           start_s=sent - t_start, prompt=index % len(workload.conversations), counter=counter)
-                with lock:
-                    rows.append(row)
-                if on_done is not None:
-                    on_done(row)
+    alive = [concurrency]
+    finished = threading.Event()
 
-    threads = [threading.Thread(target=user, args=(u,), name=f"bench-user-{u}", daemon=True)
-               for u in range(concurrency)]
-    for t in threads:
-        t.start()
+    def user(user_id: int) -> None:
+        try:
+            with requests.Session() as session:
+                while (index := claim()) is not None:
+                    messages = workload.messages(index)
+                    sent = time.perf_counter()
+                    out = client.send(session, target, messages, params, timeout=settings.timeout_s,
+                                      stream=settings.stream)
+                    row = _row(out, index=index, user=user_id, concurrency=concurrency,
+                               start_s=sent - t_start, prompt=index % len(workload.conversations), counter=counter)
+                    with lock:
+                        rows.append(row)
+                    if on_done is not None:
+                        on_done(row)
+        finally:
+            with lock:
+                alive[0] -= 1
+                if alive[0] == 0:
+                    finished.set()
+
+    for u in range(concurrency):
+        threading.Thread(target=user, args=(u,), name=f"bench-user-{u}", daemon=True).start()
+    # Wait on an Event, not Thread.join: a Ctrl-C landing inside join() can mark a still-running
+    # thread as finished (CPython bpo-45274), and its in-flight request would go uncounted.
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)  # a bare join() would not let Ctrl-C through
+        while not finished.wait(0.2):
+            pass
     except KeyboardInterrupt:
         stop.set()
-        for t in threads:
-            t.join(settings.timeout_s + 1)  # a second Ctrl-C abandons the in-flight requests
+        finished.wait(settings.timeout_s + 1)  # in-flight requests finish; a second Ctrl-C abandons them
     wall = time.perf_counter() - t_start
-    rows.sort(key=lambda r: r["index"])
-    for r in rows:
+    with lock:
+        done = sorted(rows, key=lambda r: r["index"])
+    for r in done:
         r["level_started_at"] = started_at
-    return rows, wall
+    return done, wall
 
 
 def _row(out: client.Outcome, *, index: int, user: int, concurrency: int, start_s: float, prompt: int,

@@ -43,7 +43,7 @@ def _read_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--column", "columns", multiple=True, metavar="OURS=THEIRS",
                      help="Map a field name, e.g. --column messages=dialog or --column content=text (repeatable)."),
         click.option("--split-pc", type=click.FloatRange(0, 100, min_open=True), default=None,
-                     help="Keep the first N%% of each split (as load_dataset(split='name[:N%%]') does)."),
+                     help="Keep the first N% of each split (as load_dataset(split='name[:N%]') does)."),
         click.option("--sample", type=click.IntRange(min=1), default=None,
                      help="Keep a random sample of N rows per split (seeded)."),
         click.option("--seed", type=int, default=42, show_default=True, help="Seed for --sample and --test-fraction."),

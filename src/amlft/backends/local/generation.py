@@ -96,7 +96,9 @@ def make_params(*, where: str, max_new_tokens: Any = None, temperature: Any = No
     Sampling happens only when asked for: do_sample true, or (do_sample absent) a temperature
     above zero. Temperature 0 always means greedy, as in the OpenAI API.
     """
-    n = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else _integer(max_new_tokens, f"{where}max_new_tokens", lo=1)
+    if max_new_tokens is None:
+        max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, limit)
+    n = _integer(max_new_tokens, f"{where}max_new_tokens", lo=1)
     if n > limit:
         raise ContractError(f"{where}max_new_tokens must be <= {limit} on this server (got {n})")
     temp = None if temperature is None else _number(temperature, f"{where}temperature", lo=0)
@@ -140,8 +142,8 @@ class Engine:
     """Loads a transformers folder and serves generation requests from one worker thread."""
 
     def __init__(self, model_dir: Path, *, max_concurrency: int = 1, max_queue: int = 16,
-                 batch_wait_s: float = 0.005, device: str = "auto", max_new_tokens_limit: int = 4096,
-                 threads: int | None = None) -> None:
+                 batch_wait_s: float = 0.05, device: str = "auto", max_new_tokens_limit: int = 4096,
+                 threads: int | str | None = None) -> None:
         if max_concurrency < 1 or max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         self.model_dir = Path(model_dir)
@@ -155,20 +157,23 @@ class Engine:
         self._running: list[GenRequest] = []
         self._admitted = 0
         self._closing = False
-        self.stats = {"requests": 0, "batches": 0, "max_batch": 0, "rejected": 0}
+        self.stats = {"requests": 0, "batches": 0, "batched_rows": 0, "max_batch": 0, "rejected": 0}
+        self._last_end = float("-inf")  # when the last batch finished, its size, and what was waiting then
+        self._last_size = 0
+        self._pending_at_end = 0
         self._worker = threading.Thread(target=self._loop, name="amlft-generate", daemon=True)
         self._worker.start()
 
     # ---- model -------------------------------------------------------------------------
-    def _load(self, device: str, threads: int | None) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    def _load(self, device: str, threads: int | str | None) -> None:
         from amlft.errors import ConfigError
 
         if not (self.model_dir / "config.json").is_file():
             raise ConfigError(f"{self.model_dir} is not a transformers model folder (no config.json).",
                               hint="Point --model-dir at the registered model's folder (outputs.register.model_dir).")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         if not getattr(self.tokenizer, "chat_template", None):
@@ -180,21 +185,23 @@ class Engine:
         dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(device).eval()
         self.model_name = self.model_dir.name
+        # Chat models often end a turn with a token other than the tokenizer's eos (or list several).
         eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
         # End-of-sequence is decided per row by the engine (ignore_eos differs between rows of a
         # batch), so generate() must not act on it: it would pad a row that asked to go on.
         self.model.generation_config.eos_token_id = None
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        if threads is None and device == "cpu" and sum(p.numel() for p in self.model.parameters()) < 50_000_000:
+        if threads == "auto":
             # A small model's matmuls are too small to split: extra intra-op threads only spin and,
             # on a shared machine, slow decoding several-fold. Big models keep torch's default.
-            threads = 1
-        if threads:
+            small = device == "cpu" and sum(p.numel() for p in self.model.parameters()) < 50_000_000
+            threads = 1 if small else None
+        if isinstance(threads, int) and threads > 0:  # process-wide: only the server process asks
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
 
@@ -264,15 +271,23 @@ class Engine:
 
     # ---- worker ------------------------------------------------------------------------
     def _take_batch(self) -> list[GenRequest] | None:
+        """The next batch: the oldest request plus every waiting one that shares its batch key.
+
+        Clients just answered tend to come straight back (closed-loop callers, benchmark tools,
+        chat UIs). Right after a batch, the worker waits up to batch_wait_s for that many new
+        requests, so the batch stays whole instead of splitting into groups that alternate.
+        It never waits when idle: a lone request starts at once.
+        """
         with self._lock:
             while not self._pending and not self._closing:
                 self._lock.wait()
             if self._closing and not self._pending:
                 return None
-        # A short gathering window lets requests that arrive together share the first batch.
-        if self.batch_wait_s > 0 and self.max_concurrency > 1:
-            time.sleep(self.batch_wait_s)
-        with self._lock:
+            if self.max_concurrency > 1 and time.monotonic() - self._last_end < self.batch_wait_s:
+                target = min(self.max_concurrency, self._pending_at_end + self._last_size)
+                end = self._last_end + self.batch_wait_s
+                while len(self._pending) < target and not self._closing and (left := end - time.monotonic()) > 0:
+                    self._lock.wait(left)
             if not self._pending:
                 return []
             key = self._pending[0].params.batch_key()
@@ -302,7 +317,10 @@ class Engine:
                     r.done.set()
                 self._admitted -= len(batch)
                 self._running = []
+                self._last_end, self._last_size = time.monotonic(), len(batch)
+                self._pending_at_end = len(self._pending)
                 self.stats["batches"] += 1
+                self.stats["batched_rows"] += len(batch)
                 self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
 
     def _finish_stream(self, req: GenRequest) -> None:

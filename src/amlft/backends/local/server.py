@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,16 +74,22 @@ def _connect_host(host: str) -> str:
 def launch(model_dir: Path, *, key: str, host: str = "127.0.0.1", port: int = 0, max_concurrency: int = 1,
            max_queue: int = 16, request_timeout_s: float = 120, max_request_bytes: int = 1_000_000,
            log_path: Path, ready_timeout_s: float = 120, model_name: str | None = None,
-           threads: int | None = None) -> ServerHandle:
+           threads: int | None = None, on_started: Callable[[int], None] | None = None) -> ServerHandle:
     """Start a detached scoring server for a transformers model folder and wait until /health answers.
 
     The process outlives the caller (its own session), so `amlft deploy` can return and a later
     `amlft teardown` stops it by pid. Its stdout/stderr (model loading, access log) go to log_path.
+    on_started(pid) runs right after the process starts, before the (possibly long) ready wait, so
+    the caller can record it first and a teardown can find it even if this process is killed.
     """
     if not key:
         raise DeploymentError("Refusing to start a scoring server without a key.",
                               hint="Pass the endpoint key (amlft generates one at deploy).")
     model_dir, log_path = Path(model_dir), Path(log_path)
+    if not (model_dir / "config.json").is_file():
+        raise DeploymentError(f"{model_dir} is not a transformers model folder (no config.json).",
+                              hint="Deploy the registered model's folder (outputs.register.model_dir); "
+                                   "run `amlft register` first.")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     ready_file = log_path.with_name(log_path.name + ".ready.json")
     ready_file.unlink(missing_ok=True)
@@ -102,6 +109,12 @@ def launch(model_dir: Path, *, key: str, host: str = "127.0.0.1", port: int = 0,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, close_fds=True)
     _CHILDREN[proc.pid] = proc
+    if on_started is not None:
+        try:
+            on_started(proc.pid)
+        except BaseException:
+            stop(proc.pid)
+            raise
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -249,6 +262,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "amlft-local"
     sys_version = ""
     timeout = 60  # an idle keep-alive connection gives its thread back after this
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms on Linux) on every keep-alive response.
+    disable_nagle_algorithm = True
     app: App  # set on the subclass made by serve()
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -341,7 +357,8 @@ class Handler(BaseHTTPRequestHandler):
                                  "(`amlft endpoint credentials` prints it)", kind="authentication_error")
         if path == "/health":
             self._json(200, {"status": "draining" if self.app.draining else "ok",
-                             "model": self.app.engine.model_name, **self.app.engine.load()})
+                             "model": self.app.engine.model_name, **self.app.engine.load(),
+                             "stats": dict(self.app.engine.stats)})
         elif path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": self.app.engine.model_name, "object": "model",
                                                          "created": self.app.created, "owned_by": "amlft"}]})
@@ -526,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-timeout-s", type=float, default=120.0)
     parser.add_argument("--max-request-bytes", type=int, default=1_000_000)
     parser.add_argument("--max-new-tokens-limit", type=int, default=4096)
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0,
+                        help="after a batch, how long to wait for its callers' next requests to batch them again")
     parser.add_argument("--drain-s", type=float, default=5.0, help="on SIGTERM, time given to running requests")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small models, else torch's)")
@@ -543,10 +562,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop_event.set())
 
     from amlft.backends.local.generation import Engine
+    from amlft.errors import AmlftError
 
     log.info("loading %s", args.model_dir)
-    engine = Engine(args.model_dir, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
-                    device=args.device, max_new_tokens_limit=args.max_new_tokens_limit, threads=args.threads)
+    try:
+        engine = Engine(args.model_dir, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                        device=args.device, max_new_tokens_limit=args.max_new_tokens_limit,
+                        threads=args.threads or "auto", batch_wait_s=args.batch_wait_ms / 1000)
+    except AmlftError as exc:
+        log.error("%s", exc)  # message and hint; launch() shows this tail of the log
+        return 2
     if args.model_name:
         engine.model_name = args.model_name
     app = App(engine, key, request_timeout_s=args.request_timeout_s, max_request_bytes=args.max_request_bytes)

@@ -212,14 +212,22 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().strip(".!").strip().lower()
 
 
+EXACT_MATCH_MAX_WORDS = 8
+
+
 def eval_rows(test_file: Path | None, n: int) -> list[tuple[list[dict[str, str]], str]]:
-    """The first n held-out conversations as (prompt messages, reference final answer)."""
+    """The first n held-out conversations with a short final answer, as (prompt messages, reference).
+
+    Exact match only means something for short, deterministic answers (a label, a number,
+    a fixed format), so rows whose reference answer is longer than EXACT_MATCH_MAX_WORDS
+    words are left to the held-out loss instead.
+    """
     if not test_file or n <= 0 or not Path(test_file).exists():
         return []
     rows = []
     for conv in read_conversations(Path(test_file)):
         last = max((i for i, m in enumerate(conv) if m["role"] == "assistant"), default=None)
-        if last is None or last == 0:
+        if last is None or last == 0 or len(conv[last]["content"].split()) > EXACT_MATCH_MAX_WORDS:
             continue
         rows.append((conv[:last], conv[last]["content"]))
         if len(rows) >= n:

@@ -1,0 +1,562 @@
+"""The local backend: every lifecycle step really runs on this machine.
+
+    check     CPU/GPU, free memory and disk versus the model's estimated needs
+    data      amlft.data (prepare + validate), unchanged
+    submit    LoRA training as a detached process (train_main), recorded before anything waits
+    wait      follows its progress file with a live bar; resumes a dead run from its checkpoint
+    register  MLflow run + registered model in .amlft/mlflow.db (merged weights + tokenizer)
+    deploy    local scoring server (server.launch) with a generated key kept outside the record
+    teardown  stops the server (port freed) and any training still running; optionally the model
+
+Like an Azure job, training outlives the command that started it: `amlft wait` can be
+Ctrl-C'd and run again, and a crashed or killed training resumes from its last checkpoint
+on the next `amlft submit` or `amlft wait`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from amlft.backends.base import EndpointInfo, StepContext
+from amlft.errors import (
+    ConfigError,
+    RecordError,
+    TrainingError,
+    WaitTimeout,
+)
+from amlft.records import delete_secrets, load_secret, store_secret
+
+TRAIN_PROCESS = "local.train_process"
+SERVER = "local.server"
+MODEL = "local.model"
+TRAIN_MODULE = "amlft.backends.local.train_main"
+DEMO_EVAL_MAX_NEW_TOKENS = 32
+
+# Training processes this process started: polling them reaps them when they exit, so a
+# finished child is not mistaken for a live one (a zombie still answers kill(pid, 0)).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+# ------------------------------------------------------------------------ helpers
+def process_running(pid: int | None, *, module: str = TRAIN_MODULE) -> bool:
+    """True if pid is alive, not a zombie, and (where /proc tells) really runs `module`."""
+    if not pid:
+        return False
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+            return False
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc_dir = Path(f"/proc/{pid}")
+    if proc_dir.exists():
+        with contextlib.suppress(OSError, IndexError):
+            if (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with contextlib.suppress(OSError):
+            return module.encode() in (proc_dir / "cmdline").read_bytes()
+    return True
+
+
+def kill_process(pid: int, *, timeout_s: float = 10.0) -> bool:
+    """SIGTERM then SIGKILL; True if it was running."""
+    if not process_running(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process_running(pid):
+        time.sleep(0.05)
+    if process_running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if not process_running(pid):
+                break
+            time.sleep(0.05)
+    return True
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def read_progress(path: Path) -> list[dict[str, Any]]:
+    out = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+    return out
+
+
+def model_slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
+
+
+class LocalBackend:
+    name = "local"
+
+    # -------------------------------------------------------------------- paths
+    @staticmethod
+    def _train_dir(ctx: StepContext) -> Path:
+        return ctx.record.run_dir / "train"
+
+    @staticmethod
+    def _state_dir(ctx: StepContext) -> Path:
+        return ctx.record.root
+
+    def _base_model(self, ctx: StepContext) -> tuple[str, str]:
+        """(model reference to load, what to call it in lineage): a built tiny model, a folder or a hub id."""
+        m = ctx.profile.model
+        if m.build == "tiny":
+            return str(self._state_dir(ctx) / "models" / "tiny-chat"), "amlft-tiny-chat"
+        if m.path:
+            p = Path(m.path).expanduser()
+            if not (p / "config.json").exists():
+                raise ConfigError(f"model.path {p} is not a transformers model folder (no config.json).",
+                                  hint="Point model.path at a folder saved with save_pretrained().")
+            return str(p.resolve()), str(p)
+        if m.hub_id:
+            return m.hub_id, m.hub_id
+        raise ConfigError("The local backend needs model.build: tiny, model.path or model.hub_id.",
+                          hint="e.g. model: {hub_id: Qwen/Qwen2.5-0.5B-Instruct}, or run jobs/local-demo.yml.")
+
+    # -------------------------------------------------------------------- auth
+    def auth(self, ctx: StepContext) -> dict[str, Any]:
+        facts = {"backend": "local", "credential": "none needed", "state_dir": str(self._state_dir(ctx)),
+                 "python": sys.version.split()[0]}
+        ctx.console.info("local backend: no credentials needed; state in " + facts["state_dir"])
+        ctx.record.set_output("auth", **facts)
+        return facts
+
+    # -------------------------------------------------------------------- check
+    def check(self, ctx: StepContext) -> list[dict[str, Any]]:
+        from amlft.backends.local import resources
+        from amlft.backends.local.trainer import effective_hyperparameters
+
+        findings: list[dict[str, Any]] = []
+        try:
+            hp = effective_hyperparameters(ctx.profile.finetune)
+        except ConfigError as exc:
+            return [{"severity": "error", "check": "finetune", "message": exc.message, "fix": exc.hint or ""}]
+        device_req = ctx.profile.local.device
+        gpus = resources.gpus()
+        device = "cuda" if gpus and device_req in ("auto", "cuda") else "cpu"
+        if device_req == "cuda" and not gpus:
+            findings.append({"severity": "error", "check": "device", "message": "local.device is cuda but no CUDA GPU "
+                             "is visible to torch.", "fix": "Set local.device: auto (trains on CPU) or install a CUDA torch."})
+        cpus = os.cpu_count() or 1
+        findings.append({"severity": "info", "check": "device",
+                         "message": (f"training on GPU {gpus[0]['name']} ({'bf16' if gpus[0]['bf16'] else 'fp16'})"
+                                     if device == "cuda" else f"training on CPU ({cpus} cores, fp32)"), "fix": ""})
+
+        ref, label = self._base_model(ctx)
+        if ctx.profile.model.build == "tiny":
+            from amlft.backends.local.tiny import DEFAULTS
+
+            h, f, n, v = (DEFAULTS["hidden_size"], DEFAULTS["intermediate_size"], DEFAULTS["num_hidden_layers"],
+                          DEFAULTS["vocab_size"])
+            params, how = v * h + n * (2 * h * h + 2 * h * h // 2 + 3 * h * f), "tiny build settings"
+        else:
+            params, how = resources.count_parameters(ref, trust_remote_code=ctx.profile.model.trust_remote_code)
+        if params is None:
+            findings.append({"severity": "warning", "check": "model_size",
+                             "message": f"cannot estimate the size of {label} offline (not in the local cache)",
+                             "fix": "Make sure the hub is reachable, or set model.path to a local folder."})
+            ctx.record.set_output("check", device=device, cost={"summary": "local: no cloud cost"})
+            return findings
+        need = resources.estimate_needs(params, device=device, max_seq_length=hp["max_seq_length"],
+                                        batch_size=hp["per_device_train_batch_size"])
+        mem_have = gpus[0]["free_bytes"] if device == "cuda" else resources.available_memory_bytes()
+        where = "free GPU memory" if device == "cuda" else "available RAM"
+        fmt = resources.fmt_bytes
+        mem_msg = (f"{label}: {params / 1e6:,.1f}M parameters ({how}); LoRA fine-tune needs about "
+                   f"{fmt(need['memory_bytes'])} of {where}, {fmt(mem_have)} available")
+        if need["memory_bytes"] > mem_have:
+            findings.append({"severity": "error", "check": "memory", "message": mem_msg + " - it will not fit",
+                             "fix": "Use a smaller model (e.g. model.hub_id: Qwen/Qwen2.5-0.5B-Instruct or model.build: "
+                                    "tiny), lower finetune.max_seq_length / per_device_train_batch_size, close other "
+                                    "programs, or fine-tune on Azure (--backend azure)."})
+        else:
+            findings.append({"severity": "info", "check": "memory", "message": mem_msg, "fix": ""})
+        disk_have = resources.free_disk_bytes(self._state_dir(ctx))
+        disk_msg = (f"needs about {fmt(need['disk_bytes'])} of disk under {self._state_dir(ctx)} "
+                    f"(checkpoints, merged model, registry copy), {fmt(disk_have)} free")
+        if need["disk_bytes"] > disk_have:
+            findings.append({"severity": "error", "check": "disk", "message": disk_msg,
+                             "fix": "Free disk space or point AMLFT_HOME at a bigger disk."})
+        else:
+            findings.append({"severity": "info", "check": "disk", "message": disk_msg, "fix": ""})
+        if device == "cpu" and params > 300e6:
+            findings.append({"severity": "warning", "check": "speed",
+                             "message": f"{params / 1e9:.1f}B parameters on CPU will train slowly (hours)",
+                             "fix": "Use a GPU, a smaller model, or local.max_steps to bound the run."})
+        ctx.record.set_output("check", device=device, params=params,
+                              memory_needed_bytes=need["memory_bytes"], memory_available_bytes=mem_have,
+                              disk_needed_bytes=need["disk_bytes"], disk_free_bytes=disk_have,
+                              cost={"summary": "local: no cloud cost (this machine's CPU/GPU time only)",
+                                    "cluster_usd_per_hour": 0.0, "endpoint_usd_per_hour": 0.0,
+                                    "endpoint_usd_per_day": 0.0, "price_table_date": None})
+        return findings
+
+    # -------------------------------------------------------------------- data
+    def data(self, ctx: StepContext) -> dict[str, Any]:
+        from amlft.data.step import prepare_run_data
+
+        return prepare_run_data(ctx)
+
+    # -------------------------------------------------------------------- submit
+    def _ensure_base_model(self, ctx: StepContext) -> str:
+        ref, _ = self._base_model(ctx)
+        if ctx.profile.model.build == "tiny":
+            from amlft.backends.local.tiny import MARKER, build_tiny_model
+
+            if not (Path(ref) / MARKER).exists():
+                ctx.console.info(f"building the tiny offline chat model in {ref} (tokenizer + brief pre-training)")
+            build_tiny_model(Path(ref), seed=0)
+        return ref
+
+    def _start_training(self, ctx: StepContext, *, resume: bool) -> dict[str, Any]:
+        from amlft.backends.local.trainer import TrainSpec, effective_hyperparameters, latest_checkpoint
+
+        rec, prof = ctx.record, ctx.profile
+        data = rec.output("data")
+        if not data.get("train_file") or not Path(data["train_file"]).exists():
+            raise RecordError("This run has no prepared training data.", hint="Run `amlft data` first.")
+        train_dir = self._train_dir(ctx)
+        hp = effective_hyperparameters(prof.finetune)
+        if prof.local.max_steps:
+            hp["max_steps"] = prof.local.max_steps
+        if prof.data.max_seq_length and "max_seq_length" not in prof.finetune:
+            hp["max_seq_length"] = prof.data.max_seq_length
+        if resume and (train_dir / "config.json").exists():
+            spec = TrainSpec.load(train_dir)  # resume with exactly what the interrupted run used
+        else:
+            model_ref = self._ensure_base_model(ctx)
+            spec = TrainSpec(train_dir=str(train_dir), model=model_ref, train_file=data["train_file"],
+                             test_file=data.get("test_file"), hyperparameters=hp, device=prof.local.device,
+                             batching=prof.local.batching, save_steps=prof.local.save_steps,
+                             eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
+                             trust_remote_code=prof.model.trust_remote_code,
+                             eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS)
+            spec.save()
+        ckpt = latest_checkpoint(train_dir / "checkpoints")
+        log_path = train_dir / "train.log"
+        (train_dir / "result.json").unlink(missing_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        src = str(Path(__file__).resolve().parents[3])  # `-m amlft...` also works from a source checkout
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", TRAIN_MODULE, "--train-dir", str(train_dir)],
+                                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, close_fds=True)
+        _CHILDREN[proc.pid] = proc
+        name = f"train-{rec.run_id}"
+        rec.add_resource(TRAIN_PROCESS, name, pid=proc.pid, billable=False, train_dir=str(train_dir),
+                         log_path=str(log_path), state="running")
+        if ckpt is not None:
+            rec.event(f"training resumed from {ckpt.name}", pid=proc.pid)
+            ctx.console.info(f"resuming training from {ckpt.name} (pid {proc.pid})")
+        else:
+            ctx.console.info(f"training started (pid {proc.pid}); log: {log_path}")
+        out = {"pid": proc.pid, "train_dir": str(train_dir), "log_path": str(log_path),
+               "resumed_from": ckpt.name if ckpt else None, "base_model": spec.model,
+               "hyperparameters": spec.hyperparameters}
+        rec.set_output("submit", **out)
+        return out
+
+    def _training_state(self, ctx: StepContext) -> tuple[str, dict[str, Any] | None]:
+        """('completed'|'failed'|'running'|'dead'|'none', result)."""
+        train_dir = self._train_dir(ctx)
+        result_path = train_dir / "result.json"
+        result = None
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            result = json.loads(result_path.read_text())
+        if result and result.get("status") == "Completed":
+            return "completed", result
+        pid = ctx.record.output("submit").get("pid")
+        if pid and process_running(int(pid)):
+            return "running", None
+        if result and result.get("status") == "Failed":
+            return "failed", result
+        return ("dead" if pid else "none"), None
+
+    def submit(self, ctx: StepContext) -> dict[str, Any]:
+        state, _ = self._training_state(ctx)
+        if state == "completed":
+            ctx.console.info("training already completed for this run")
+            return ctx.record.output("submit")
+        if state == "running":
+            ctx.console.info(f"training is already running (pid {ctx.record.output('submit')['pid']})")
+            return ctx.record.output("submit")
+        return self._start_training(ctx, resume=state in ("dead", "failed"))
+
+    # -------------------------------------------------------------------- wait
+    def wait(self, ctx: StepContext, *, timeout: float | None = None) -> dict[str, Any]:
+        rec = ctx.record
+        state, result = self._training_state(ctx)
+        if state == "none":
+            raise RecordError("This run has not started training.", hint="Run `amlft submit` first.")
+        if state == "dead":
+            ctx.console.warn("the training process is gone without finishing (killed or crashed): "
+                             "resuming from its last checkpoint")
+            self._start_training(ctx, resume=True)
+        train_dir = self._train_dir(ctx)
+        progress_path, log_path = train_dir / "progress.jsonl", train_dir / "log_path"
+        log_path = Path(rec.output("submit").get("log_path") or train_dir / "train.log")
+        pid = int(rec.output("submit")["pid"])
+        started = time.monotonic()
+        if state != "completed":
+            try:
+                result = self._follow(ctx, pid, progress_path, log_path, timeout=timeout, started=started)
+            except KeyboardInterrupt:
+                ctx.console.warn(f"stopped waiting; training keeps running in the background (pid {pid}) unless "
+                                 f"this run is torn down. Follow it again: amlft wait --run {rec.run_id}; "
+                                 f"stop it: amlft teardown --run {rec.run_id}")
+                raise
+        assert result is not None
+        return self._record_training(ctx, result, duration_s=time.monotonic() - started)
+
+    def _follow(self, ctx: StepContext, pid: int, progress_path: Path, log_path: Path, *,
+                timeout: float | None, started: float) -> dict[str, Any]:
+        rec = ctx.record
+        seen = 0
+        last_status_at = 0.0
+        status = ""
+        with ctx.console.progress("training", total=None, unit="steps") as bar:
+            while True:
+                history = read_progress(progress_path)
+                if len(history) != seen and history:
+                    h = history[-1]
+                    now = time.monotonic()
+                    # a new status at most every 5 s: plain CI logs print a line per status change
+                    if now - last_status_at >= 5 or h["step"] == h["total_steps"]:
+                        status = self._status(history)
+                        last_status_at = now
+                    bar.update(h["step"], total=h["total_steps"], status=status)
+                    seen = len(history)
+                state, result = self._training_state(ctx)
+                if state == "completed":
+                    return result or {}
+                if state in ("failed", "dead"):
+                    last_ckpt = self._last_checkpoint_name(ctx)
+                    rec.update_resource(TRAIN_PROCESS, f"train-{rec.run_id}", state="exited")
+                    err = (result or {}).get("error") or "the training process exited without a result"
+                    raise TrainingError(
+                        f"Local training failed: {err}\n--- last lines of {log_path} ---\n{log_tail(log_path)}",
+                        hint=(result or {}).get("hint") or (
+                            f"Fix the cause, then `amlft submit --run {rec.run_id}` (or `amlft wait`) resumes from "
+                            + (f"{last_ckpt}." if last_ckpt else "the start (no checkpoint yet).")))
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise WaitTimeout(f"Training still running after {timeout:.0f}s (pid {pid}).",
+                                      hint=f"It keeps running: `amlft wait --run {rec.run_id}` follows it again.")
+                time.sleep(0.5)
+
+    @staticmethod
+    def _status(history: list[dict[str, Any]], window: int = 10) -> str:
+        """Loss and tokens/s over the last few steps (one step alone is too noisy to read)."""
+        recent = history[-window:]
+        loss = sum(h["loss"] for h in recent) / len(recent)
+        if len(history) > len(recent):
+            seconds = recent[-1]["elapsed_s"] - history[-len(recent) - 1]["elapsed_s"]
+            rate = sum(h["tokens"] for h in recent) / seconds if seconds > 0 else 0.0
+        else:
+            rate = sum(h["tokens"] for h in recent) / max(recent[-1]["elapsed_s"], 1e-9)
+        return f"loss {loss:.3f}  {rate:,.0f} tok/s"
+
+    def _last_checkpoint_name(self, ctx: StepContext) -> str | None:
+        from amlft.backends.local.trainer import latest_checkpoint
+
+        ckpt = latest_checkpoint(self._train_dir(ctx) / "checkpoints")
+        return ckpt.name if ckpt else None
+
+    def _record_training(self, ctx: StepContext, result: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
+        rec = ctx.record
+        with contextlib.suppress(RecordError):
+            rec.update_resource(TRAIN_PROCESS, f"train-{rec.run_id}", state="deleted", exit="completed")
+        base_ref, base_label = self._base_model(ctx)
+        metrics = result["metrics"]
+        rec.set_output("train", adapter_dir=result["adapter_dir"], checkpoint_dir=result["checkpoint_dir"],
+                       merged_dir=result["merged_dir"], hyperparameters=result["hyperparameters"],
+                       metrics=metrics, loss_curve_png=result.get("loss_curve_png"), base_model=base_label,
+                       base_model_dir=base_ref if Path(base_ref).exists() else None)
+        before, after = result["before"], result["after"]
+        rows = [{"metric": f"exact match ({before['n']} held-out prompts)", "before": before["exact_match"],
+                 "after": after["exact_match"]},
+                {"metric": "held-out loss (assistant tokens)", "before": before["test_loss"],
+                 "after": after["test_loss"]}]
+        b_by_prompt = {a["prompt"]: a for a in before["answers"]}
+        examples = [{"prompt": a["prompt"], "reference": a["reference"],
+                     "before": b_by_prompt.get(a["prompt"], {}).get("answer"), "after": a["answer"]}
+                    for a in after["answers"][:5]]
+        rec.set_output("eval", metric="exact_match", n=before["n"], before=before["exact_match"],
+                       after=after["exact_match"], loss_before=before["test_loss"], loss_after=after["test_loss"],
+                       rows=rows, examples=examples)
+        out = {"status": "Completed", "duration_s": round(duration_s, 1), "steps": metrics["steps"],
+               "final_loss": metrics["final_loss"], "tokens_per_s": metrics["tokens_per_s"]}
+        rec.set_output("wait", **out)
+        ctx.console.info(f"training completed: {metrics['steps']} steps, final loss {metrics['final_loss']}, "
+                         f"{metrics['tokens_per_s']} tokens/s; loss curve: {result.get('loss_curve_png')}")
+        return out
+
+    # -------------------------------------------------------------------- register
+    def register(self, ctx: StepContext) -> dict[str, Any]:
+        from amlft.backends.local import registry
+
+        rec = ctx.record
+        done = rec.output("register")
+        state = self._state_dir(ctx)
+        if done.get("version") and registry.model_version_exists(state, name=done["name"], version=done["version"]):
+            ctx.console.info(f"already registered: {done['model_uri']}")
+            return done
+        train = rec.output("train")
+        if not train.get("merged_dir") or not Path(train["merged_dir"]).exists():
+            raise RecordError("This run has no trained model to register.", hint="Run `amlft wait` first.")
+        name = model_slug(f"{ctx.profile.name}-ft")
+        data = rec.output("data")
+        tags = {"amlft_run_id": rec.run_id, "base_model": str(train.get("base_model")),
+                "data_hash": str(data.get("data_hash")), "data_source": str(data.get("source")),
+                "created_by": "amlft"}
+        metrics = dict(train.get("metrics") or {})
+        ev = rec.output("eval")
+        history = read_progress(Path(train["merged_dir"]).parent / "progress.jsonl")
+        card = (f"---\nlibrary_name: transformers\ntags: [amlft, lora]\n---\n# {name}\n\n"
+                f"LoRA fine-tune of {train.get('base_model')} by amlft run {rec.run_id}.\n")
+        with ctx.console.progress("registering in MLflow", total=None) as bar:
+            bar.update(status="logging run and model")
+            out = registry.register_model(
+                state, name=name, model_dir=Path(train["merged_dir"]), run_name=rec.run_id,
+                params=train.get("hyperparameters") or {}, history=history, metrics=metrics, tags=tags,
+                artifacts=[Path(p) for p in (train.get("loss_curve_png"),) if p], card_text=card)
+        rec.add_resource(MODEL, f"{out['name']}:{out['version']}", billable=False, model_uri=out["model_uri"],
+                         tracking_uri=out["tracking_uri"])
+        result = {**out, "model_dir": train["merged_dir"], "tags": tags,
+                  "eval": {"before": ev.get("before"), "after": ev.get("after")}}
+        rec.set_output("register", **result)
+        ctx.console.info(f"registered {out['model_uri']} (MLflow run {out['mlflow_run_id']}); browse: "
+                         f"mlflow ui --backend-store-uri {out['tracking_uri']}")
+        return result
+
+    # -------------------------------------------------------------------- deploy
+    def deploy(self, ctx: StepContext) -> dict[str, Any]:
+        from amlft.backends.local.server import is_alive, launch
+
+        rec, ep = ctx.record, ctx.profile.endpoint
+        done = rec.output("deploy")
+        if done.get("pid") and is_alive(int(done["pid"]), int(done["port"]), host=done.get("host", ep.host)) \
+                and load_secret(rec.run_id, "endpoint_key", root=rec.root):
+            ctx.console.info(f"already serving at {done['scoring_uri']}")
+            return done
+        model_dir = rec.output("register").get("model_dir") or rec.output("train").get("merged_dir")
+        if not model_dir or not Path(model_dir).exists():
+            raise RecordError("This run has no model to deploy.", hint="Run `amlft register` first.")
+        key = secrets.token_urlsafe(32)
+        store_secret(rec.run_id, "endpoint_key", key, root=rec.root)
+        name = model_slug(ep.name or f"amlft-{rec.run_id}")
+        log_path = rec.run_dir / "server.log"
+        extra: dict[str, Any] = {}
+        if "on_started" in inspect.signature(launch).parameters:
+            # recorded before the readiness wait, so a teardown from another terminal finds it
+            extra["on_started"] = lambda pid: rec.add_resource(SERVER, name, pid=pid, port=ep.port or None,
+                                                               host=ep.host, billable=True, log_path=str(log_path))
+        handle = launch(Path(model_dir), key=key, host=ep.host, port=ep.port, max_concurrency=ep.max_concurrency,
+                        max_queue=ep.max_queue, request_timeout_s=ep.request_timeout_ms / 1000,
+                        max_request_bytes=ep.max_request_bytes, log_path=log_path,
+                        ready_timeout_s=max(120.0, ep.liveness_initial_delay_s / 2), model_name=name, **extra)
+        rec.add_resource(SERVER, name, pid=handle.pid, port=handle.port, host=handle.host, billable=True,
+                         log_path=str(log_path))
+        out = {"endpoint_name": name, "deployment_name": ep.deployment_name, "scoring_uri": handle.scoring_uri,
+               "openai_base_url": handle.openai_base_url, "contract": "azureml", "pid": handle.pid,
+               "port": handle.port, "host": handle.host, "log_path": str(log_path),
+               "key_ref": f"secrets/{rec.run_id}.json#endpoint_key"}
+        rec.set_output("deploy", **out)
+        ctx.console.info(f"serving {model_dir} at {handle.scoring_uri} (OpenAI-compatible: "
+                         f"{handle.openai_base_url}); key: amlft endpoint credentials --run {rec.run_id}")
+        return out
+
+    def endpoint(self, ctx: StepContext) -> EndpointInfo:
+        d = ctx.record.output("deploy")
+        if not d.get("scoring_uri"):
+            raise RecordError(f"Run {ctx.record.run_id} has no local endpoint.", hint="Run `amlft deploy` first.")
+        live = [r for r in ctx.record.resources(SERVER, live_only=True)]
+        if not live:
+            raise RecordError(f"The local endpoint of run {ctx.record.run_id} was torn down.",
+                              hint=f"Deploy it again: amlft deploy --run {ctx.record.run_id}")
+        return EndpointInfo(scoring_uri=d["scoring_uri"], openai_base_url=d.get("openai_base_url"),
+                            contract="azureml", name=d.get("endpoint_name", "local"))
+
+    def endpoint_key(self, ctx: StepContext) -> str:
+        key = load_secret(ctx.record.run_id, "endpoint_key", root=ctx.record.root)
+        if not key:
+            raise RecordError(f"No endpoint key stored for run {ctx.record.run_id}.",
+                              hint="The endpoint was torn down or never deployed: amlft deploy.")
+        return key
+
+    # -------------------------------------------------------------------- teardown
+    def teardown(self, ctx: StepContext, *, delete_model: bool = False) -> dict[str, Any]:
+        from amlft.backends.local.server import stop
+
+        rec = ctx.record
+        stopped: list[str] = []
+        for res in rec.resources(SERVER, live_only=True):
+            if stop(int(res["pid"])):
+                stopped.append(f"{SERVER}:{res['name']} (pid {res['pid']}, port {res['port']})")
+            rec.mark_deleted(SERVER, res["name"])
+        for res in rec.resources(TRAIN_PROCESS, live_only=True):
+            if kill_process(int(res["pid"])):
+                stopped.append(f"{TRAIN_PROCESS}:{res['name']} (pid {res['pid']})")
+                rec.event("training process stopped by teardown; `amlft submit` resumes it from its checkpoint")
+            rec.mark_deleted(TRAIN_PROCESS, res["name"])
+        delete_secrets(rec.run_id, root=rec.root)
+        deleted_models: list[str] = []
+        if delete_model:
+            from amlft.backends.local import registry
+
+            for res in rec.resources(MODEL, live_only=True):
+                name, _, version = res["name"].rpartition(":")
+                if registry.delete_model_version(self._state_dir(ctx), name=name, version=version):
+                    deleted_models.append(res["name"])
+                rec.mark_deleted(MODEL, res["name"])
+        for s in stopped:
+            ctx.console.info(f"stopped {s}")
+        for m in deleted_models:
+            ctx.console.info(f"deleted registered model {m}")
+        out = {"stopped": stopped, "deleted_models": deleted_models}
+        rec.set_output("teardown", **out)
+        return out
+
+    def left_running(self, ctx: StepContext) -> list[str]:
+        from amlft.backends.local.server import is_alive
+
+        left = []
+        for res in ctx.record.resources(SERVER, live_only=True):
+            if is_alive(int(res["pid"]), int(res["port"]), host=res.get("host", "127.0.0.1")):
+                left.append(f"local scoring server pid {res['pid']} on port {res['port']}")
+        for res in ctx.record.resources(TRAIN_PROCESS, live_only=True):
+            if process_running(int(res["pid"])):
+                left.append(f"local training pid {res['pid']}")
+        return left
+
+
+__all__ = ["LocalBackend"]
