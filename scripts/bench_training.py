@@ -52,7 +52,7 @@ def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], threa
     spec.save()
     m = train(spec, log=lambda *_: None)["metrics"]
     return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "tokens_per_s": m["tokens_per_s"],
-            "final_loss": m["final_loss"]}
+            "mean_loss": m["train_loss"]}
 
 
 def run_baseline(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def run_baseline(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], th
     args = TrainingArguments(output_dir=str(work / "baseline"), per_device_train_batch_size=hp["per_device_train_batch_size"],
                              gradient_accumulation_steps=hp["gradient_accumulation_steps"], max_steps=hp["max_steps"],
                              learning_rate=hp["learning_rate"], lr_scheduler_type=hp["lr_scheduler_type"],
-                             warmup_steps=hp["warmup_steps"], logging_steps=10**6, save_strategy="no", report_to=[],
+                             warmup_steps=hp["warmup_steps"], logging_strategy="no", save_strategy="no", report_to=[],
                              seed=hp["seed"], use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                              dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
@@ -99,7 +99,7 @@ def run_baseline(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], th
     out = trainer.train()
     seconds = time.perf_counter() - started
     return {"tokens": counted["tokens"], "seconds": round(seconds, 2),
-            "tokens_per_s": round(counted["tokens"] / seconds, 1), "final_loss": round(out.training_loss, 4)}
+            "tokens_per_s": round(counted["tokens"] / seconds, 1), "mean_loss": round(out.training_loss, 4)}
 
 
 def main() -> None:
@@ -127,7 +127,7 @@ def main() -> None:
             r = fn(Path(model_dir), data, work, hp, args.threads)
             results[name].append(r)
             print(f"{name:9s} {r['tokens']:>7d} real tokens in {r['seconds']:7.2f} s = {r['tokens_per_s']:8.1f} tokens/s"
-                  f"  (final loss {r['final_loss']})", flush=True)
+                  f"  (mean loss {r['mean_loss']})", flush=True)
     mean = {k: sum(r["tokens_per_s"] for r in v) / len(v) for k, v in results.items()}
     print(f"\nmodel {model_dir}, data {data}, {args.steps} steps x batch {args.batch_size}")
     print(f"tokens/s  amlft {mean['amlft']:.1f}   baseline (Trainer + peft, pad-to-longest) {mean['baseline']:.1f}")

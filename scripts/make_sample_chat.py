@@ -160,7 +160,9 @@ def build(seed: int = 7) -> dict[str, list[dict[str, object]]]:
     rng.shuffle(general)
     train = task_rows(train_pairs, two_turn_every=7) + [_row(c) for c in general[:36]]
     test = task_rows(test_pairs, two_turn_every=0) + [_row(c) for c in general[36:44]]
-    test_gen = task_rows(gen_pairs, two_turn_every=0) + [_row(c) for c in general[44:]]
+    # test_gen is what `amlft invoke` and `amlft bench` sample: task prompts only, so the demo's
+    # invoke shows the skill the fine-tune taught (the model answers everything in that format).
+    test_gen = task_rows(gen_pairs, two_turn_every=0)
     rng.shuffle(train)
     rng.shuffle(test)
     rng.shuffle(test_gen)

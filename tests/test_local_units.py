@@ -148,3 +148,16 @@ def test_check_refuses_a_model_that_does_not_fit_in_memory(tmp_path: Path, monke
     assert "6,7" in memory["message"] or "6,738" in memory["message"]  # parameters counted from config.json
     assert "smaller model" in memory["fix"]
     assert rec.step_status("check") == "failed"
+
+
+def test_hub_model_without_network_fails_with_what_to_do() -> None:
+    from amlft.backends.local.resources import count_parameters
+    from amlft.backends.local.trainer import load_tokenizer_and_model
+    from amlft.errors import TrainingError
+
+    # conftest sets HF_HUB_OFFLINE=1: the same code path as a machine with no network
+    with pytest.raises(TrainingError, match=r"Qwen/Qwen2\.5-0\.5B-Instruct") as err:
+        load_tokenizer_and_model("Qwen/Qwen2.5-0.5B-Instruct", dtype=None)
+    assert "model.path" in (err.value.hint or "") and "model.build: tiny" in (err.value.hint or "")
+    # check still sizes well-known models offline
+    assert count_parameters("microsoft/Phi-3-mini-4k-instruct") == (3_821_000_000, "known model table")

@@ -62,8 +62,14 @@ class Console:
             yield _NullProgress()
             return
         from rich.console import Console as RichConsole
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         rc = RichConsole(file=self._stream)
         # MofNCompleteColumn copes with total=None (shows "?"): waits often don't know their length yet.

@@ -342,7 +342,7 @@ class LocalBackend:
                 timeout: float | None, started: float) -> dict[str, Any]:
         rec = ctx.record
         seen = 0
-        last_status_at = 0.0
+        last_status_at, last_decile = 0.0, -1
         status = ""
         with ctx.console.progress("training", total=None, unit="steps") as bar:
             while True:
@@ -350,10 +350,11 @@ class LocalBackend:
                 if len(history) != seen and history:
                     h = history[-1]
                     now = time.monotonic()
-                    # a new status at most every 5 s: plain CI logs print a line per status change
-                    if now - last_status_at >= 5 or h["step"] == h["total_steps"]:
+                    # a new status every 10% or 5 s: plain CI logs print a line per status change
+                    decile = 10 * h["step"] // max(h["total_steps"], 1)
+                    if now - last_status_at >= 5 or decile != last_decile:
                         status = self._status(history)
-                        last_status_at = now
+                        last_status_at, last_decile = now, decile
                     bar.update(h["step"], total=h["total_steps"], status=status)
                     seen = len(history)
                 state, result = self._training_state(ctx)
@@ -376,8 +377,14 @@ class LocalBackend:
     @staticmethod
     def _status(history: list[dict[str, Any]], window: int = 10) -> str:
         """Loss and tokens/s over the last few steps (one step alone is too noisy to read)."""
+        loss_recent = history[-window:]
+        loss = sum(h["loss"] for h in loss_recent) / len(loss_recent)
+        start = 0  # a resumed process restarts its clock: measure speed since the last restart only
+        for i in range(1, len(history)):
+            if history[i]["elapsed_s"] < history[i - 1]["elapsed_s"]:
+                start = i
+        history = history[start:]
         recent = history[-window:]
-        loss = sum(h["loss"] for h in recent) / len(recent)
         if len(history) > len(recent):
             seconds = recent[-1]["elapsed_s"] - history[-len(recent) - 1]["elapsed_s"]
             rate = sum(h["tokens"] for h in recent) / seconds if seconds > 0 else 0.0
@@ -483,7 +490,8 @@ class LocalBackend:
         handle = launch(Path(model_dir), key=key, host=ep.host, port=ep.port, max_concurrency=ep.max_concurrency,
                         max_queue=ep.max_queue, request_timeout_s=ep.request_timeout_ms / 1000,
                         max_request_bytes=ep.max_request_bytes, log_path=log_path,
-                        ready_timeout_s=max(120.0, ep.liveness_initial_delay_s / 2), model_name=name, **extra)
+                        ready_timeout_s=max(120.0, ep.liveness_initial_delay_s / 2), model_name=name,
+                        threads=ctx.profile.local.threads, **extra)
         rec.add_resource(SERVER, name, pid=handle.pid, port=handle.port, host=handle.host, billable=True,
                          log_path=str(log_path))
         out = {"endpoint_name": name, "deployment_name": ep.deployment_name, "scoring_uri": handle.scoring_uri,
@@ -551,7 +559,10 @@ class LocalBackend:
 
         left = []
         for res in ctx.record.resources(SERVER, live_only=True):
-            if is_alive(int(res["pid"]), int(res["port"]), host=res.get("host", "127.0.0.1")):
+            if res.get("port") is None:  # recorded while starting; never became ready
+                if process_running(int(res["pid"]), module="amlft.backends.local.server"):
+                    left.append(f"local scoring server pid {res['pid']} (starting)")
+            elif is_alive(int(res["pid"]), int(res["port"]), host=res.get("host", "127.0.0.1")):
                 left.append(f"local scoring server pid {res['pid']} on port {res['port']}")
         for res in ctx.record.resources(TRAIN_PROCESS, live_only=True):
             if process_running(int(res["pid"])):

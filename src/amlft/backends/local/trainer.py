@@ -132,9 +132,12 @@ def load_tokenizer_and_model(model_ref: str, *, dtype: Any, trust_remote_code: b
     """Load from a local folder or a hub id; without network a hub id fails with what to do."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Read at call time (huggingface_hub reads it once at import): offline means cache only, no retries.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
     try:
-        tok = AutoTokenizer.from_pretrained(model_ref, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(model_ref, **kw)
+        model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype, **kw)
     except OSError as exc:
         raise TrainingError(
             f"Could not load model {model_ref!r}: {str(exc).splitlines()[0][:300]}",
