@@ -21,7 +21,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.backends.base import EndpointInfo, StepContext
+from amlft.backends.local import processes
 from amlft.errors import (
     ConfigError,
     RecordError,
@@ -43,55 +43,14 @@ MODEL = "local.model"
 TRAIN_MODULE = "amlft.backends.local.train_main"
 DEMO_EVAL_MAX_NEW_TOKENS = 32
 
-# Training processes this process started: polling them reaps them when they exit, so a
-# finished child is not mistaken for a live one (a zombie still answers kill(pid, 0)).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-# ------------------------------------------------------------------------ helpers
 def process_running(pid: int | None, *, module: str = TRAIN_MODULE) -> bool:
     """True if pid is alive, not a zombie, and (where /proc tells) really runs `module`."""
-    if not pid:
-        return False
-    proc = _CHILDREN.get(pid)
-    if proc is not None:
-        if proc.poll() is not None:
-            del _CHILDREN[pid]
-            return False
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc_dir = Path(f"/proc/{pid}")
-    if proc_dir.exists():
-        with contextlib.suppress(OSError, IndexError):
-            if (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-        with contextlib.suppress(OSError):
-            return module.encode() in (proc_dir / "cmdline").read_bytes()
-    return True
+    return processes.is_running(pid, module=module)
 
 
 def kill_process(pid: int, *, timeout_s: float = 10.0) -> bool:
-    """SIGTERM then SIGKILL; True if it was running."""
-    if not process_running(pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process_running(pid):
-        time.sleep(0.05)
-    if process_running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        for _ in range(100):
-            if not process_running(pid):
-                break
-            time.sleep(0.05)
-    return True
+    """Stop a training process (SIGTERM, then SIGKILL); True if it was running."""
+    return processes.terminate(pid, module=TRAIN_MODULE, timeout_s=timeout_s)
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -271,7 +230,7 @@ class LocalBackend:
             proc = subprocess.Popen([sys.executable, "-m", TRAIN_MODULE, "--train-dir", str(train_dir)],
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, close_fds=True)
-        _CHILDREN[proc.pid] = proc
+        processes.track(proc)
         name = f"train-{rec.run_id}"
         rec.add_resource(TRAIN_PROCESS, name, pid=proc.pid, billable=False, train_dir=str(train_dir),
                          log_path=str(log_path), state="running")

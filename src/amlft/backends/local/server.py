@@ -41,6 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from amlft.backends.local import processes
 from amlft.errors import DeploymentError
 from amlft.serving import ContractError, parse_azureml_request, validate_messages
 
@@ -108,7 +109,7 @@ def launch(model_dir: Path, *, key: str, host: str = "127.0.0.1", port: int = 0,
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, close_fds=True)
-    _CHILDREN[proc.pid] = proc
+    processes.track(proc)
     if on_started is not None:
         try:
             on_started(proc.pid)
@@ -150,67 +151,15 @@ def _health(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None
         return None
 
 
-# Servers this process started: polling them reaps them once they exit, so a server stopped by
-# the process that launched it (`amlft run`, tests) does not linger as a zombie that looks alive.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap(pid: int) -> None:
-    proc = _CHILDREN.get(pid)
-    if proc is not None and proc.poll() is not None:
-        del _CHILDREN[pid]
-
-
-def _running(pid: int) -> bool:
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError, IndexError):
-        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def _is_our_server(pid: int) -> bool:
-    """Guard against pid reuse: only signal a process that is this module (where /proc tells)."""
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.parent.exists():
-        return True  # no procfs (macOS): trust the recorded pid
-    try:
-        return MODULE.encode() in cmdline.read_bytes()
-    except OSError:
-        return False
-
-
 def stop(pid: int, *, timeout_s: float = 10) -> bool:
     """Stop a server: SIGTERM (it drains in-flight requests), SIGKILL after timeout_s.
     Returns whether it was running. Safe to call again, or for a pid that is long gone."""
-    if not _running(pid) or not _is_our_server(pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _running(pid):
-            return True
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if not _running(pid):
-            break
-        time.sleep(0.05)
-    return True
+    return processes.terminate(pid, module=MODULE, timeout_s=timeout_s)
 
 
 def is_alive(pid: int, port: int, *, host: str = "127.0.0.1") -> bool:
     """True when the process runs and answers /health on port (a hung or foreign process does not count)."""
-    return _running(pid) and _is_our_server(pid) and _health(_connect_host(host), port) is not None
+    return processes.is_running(pid, module=MODULE) and _health(_connect_host(host), port) is not None
 
 
 # ======================================================================================
