@@ -51,9 +51,9 @@ def fake_after(home: Path) -> FakeAzureML:
 
 
 def test_rehearsed_run_completes_every_step_and_leaves_nothing(home, capsys):
-    code, out = cli(capsys, "run", "--profile", PROFILE, "--rehearse")
-    assert code == 0, out
-    assert "REHEARSAL" in out and "SUBSTITUTED DATA" in out
+    code, run_out = cli(capsys, "run", "--profile", PROFILE, "--rehearse")
+    assert code == 0, run_out
+    assert "REHEARSAL" in run_out and "SUBSTITUTED DATA" in run_out
     assert LAST_STDOUT[0].rstrip().splitlines()[-1] == "left running: none"
     rec = RunRecord.load()
     for step in ("auth", "check", "data", "submit", "wait", "register", "deploy", "invoke", "teardown"):
@@ -74,6 +74,14 @@ def test_rehearsed_run_completes_every_step_and_leaves_nothing(home, capsys):
     fake = fake_after(home)
     assert fake.left_running() == []
     assert fake.state["jobs"], "the pipeline job went through the fake"
+    # The endpoint key was used by invoke, yet its value appears nowhere amlft writes or prints.
+    keys = [k for ep in fake.state["endpoints"].values() for k in ep["keys"].values()]
+    assert keys
+    written = [p for p in (home / ".amlft").rglob("*") if p.is_file() and "rehearsal" not in p.parts]
+    for key in keys:
+        assert key not in run_out and key not in out
+        for path in written:
+            assert key.encode() not in path.read_bytes(), path
 
 
 FAULTS = {
