@@ -163,3 +163,42 @@ def test_stale_sweep_deletes_only_old_amlft_endpoints(home, capsys):
     assert result["stale"]["kept"] == ["amlft-new-ep"] and result["stale"]["not_amlft"] == ["someone-elses"]
     left = fake_after(home).left_running()
     assert "endpoint:amlft-old-ep" not in left and "endpoint:amlft-new-ep" in left and "endpoint:someone-elses" in left
+
+
+def _interrupt_first_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while `wait` sleeps between polls, as a user pressing it in a terminal would."""
+    import time
+    import types
+
+    from amlft.backends.azure import poller
+
+    def sleep(_s: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(poller, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+
+
+def test_ctrl_c_in_wait_leaves_the_job_running_and_says_how_to_resume_or_cancel(home, capsys, monkeypatch):
+    code, out = cli(capsys, "submit", "--profile", PROFILE, "--rehearse")
+    assert code == 0, out
+    run_id = RunRecord.load().run_id
+    _interrupt_first_poll(monkeypatch)
+    code, out = cli(capsys, "wait", "--rehearse")
+    assert code == 130
+    assert "continues in Azure" in out
+    assert f"resume: amlft wait --run {run_id}" in out
+    assert f"cancel: amlft teardown --run {run_id}" in out  # rehearsal: `az ml job cancel` cannot reach the fake
+    rec = RunRecord.load(run_id)
+    assert rec.step_status("wait") == "interrupted"
+    assert [r["state"] for r in rec.resources("azureml.job")] == ["submitted"], "Ctrl-C stops waiting, not the job"
+
+
+def test_ctrl_c_during_run_tears_down_everything(home, capsys, monkeypatch):
+    _interrupt_first_poll(monkeypatch)
+    code, out = cli(capsys, "run", "--profile", PROFILE, "--rehearse")
+    assert code == 130
+    assert "interrupted: tearing down" in out and "canceled job" in out
+    assert LAST_STDOUT[0].rstrip().splitlines()[-1] == "left running: none"
+    rec = RunRecord.load()
+    assert {r["kind"]: r["state"] for r in rec.resources()}["azureml.online_endpoint"] == "deleted"
+    assert fake_after(home).left_running() == []
