@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -183,3 +185,23 @@ def test_importing_the_azure_backend_does_not_load_the_sdk():
             "heavy = [m for m in ('azure.ai.ml', 'azure.identity', 'responses') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_workspace_flags_fill_coordinates_and_the_error_names_what_is_missing(tmp_path, monkeypatch):
+    """--resource-group/--workspace-name are explicit sources; a missing subscription names every source tried."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AZUREML_"))}
+    env["AMLFT_HOME"] = str(tmp_path / ".amlft")
+    out = subprocess.run([sys.executable, "-m", "amlft.cli.main", "auth", "--profile",
+                          str(Path(__file__).resolve().parents[1] / "jobs" / "phi3-mini-ultrachat.yml"),
+                          "--resource-group", "rg-x", "--workspace-name", "ws-x"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "No Azure ML workspace subscription_id found" in out.stderr
+    assert "AZURE_SUBSCRIPTION_ID" in out.stderr and "config.json" in out.stderr
+    from amlft.records import RunRecord
+
+    ws = RunRecord.load(root=tmp_path / ".amlft").profile["workspace"]
+    assert (ws["resource_group"], ws["workspace_name"], ws["subscription_id"]) == ("rg-x", "ws-x", None)

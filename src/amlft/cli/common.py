@@ -31,6 +31,30 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "json_mode", is_flag=True, help="Print one JSON result on stdout (for CI).")(f)
 
 
+def _remember_workspace(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta.setdefault("amlft_workspace", {})[param.name] = value
+
+
+def workspace_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--subscription-id/--resource-group/--workspace-name: explicit workspace coordinates.
+
+    They land in the run's profile (workspace.*), so later steps of the run reuse them, and
+    unlike other --set overrides they do not start a new run.
+    """
+    for name, env in (("workspace-name", "AZUREML_WORKSPACE_NAME"), ("resource-group", "AZURE_RESOURCE_GROUP"),
+                      ("subscription-id", "AZURE_SUBSCRIPTION_ID")):
+        f = click.option(f"--{name}", name.replace("-", "_"), expose_value=False, callback=_remember_workspace,
+                         metavar="NAME", help=f"Azure ML workspace coordinate (else profile, ${env}, config.json).")(f)
+    return f
+
+
+def workspace_overrides() -> list[str]:
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get("amlft_workspace", {}) if ctx is not None else {}
+    return [f"workspace.{k}={v}" for k, v in given.items()]
+
+
 def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--run/--profile/--backend/--set/--rehearse/--fault/--json, shared by every lifecycle verb."""
     opts = [
@@ -45,6 +69,7 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="With --rehearse: inject a fault (throttle, server_error, model_retired, cluster_failed, "
                           "sku_not_allowed, finetune_step_fails, deployment_quota, container_crash, endpoint_name_taken)."),
         json_option,
+        workspace_options,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -81,6 +106,8 @@ def open_context(step: str, *, run_id: str | None, profile: str | None, backend:
             if (same_profile and latest.step_status("submit") is None and not overrides and not backend
                     and (rehearse == latest.rehearse or not rehearse)):
                 record = latest
+    ws = workspace_overrides()
+    overrides = (*overrides, *ws)
     if faults and not (rehearse or (record is not None and record.rehearse)):
         raise ConfigError("--fault only works with --rehearse.", hint="Add --rehearse.")
     if record is None:

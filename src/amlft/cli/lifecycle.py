@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from amlft.cli.common import finish, lifecycle_command, make_console
+from amlft.cli.common import finish, lifecycle_command, make_console, workspace_options, workspace_overrides
 
 
 @click.command("run")
@@ -126,6 +126,7 @@ def invoke_cmd(ctx: Any, file: str | None, max_new_tokens: int | None, temperatu
 @click.option("--rehearse", is_flag=True, help="Against the in-process Azure ML fake.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME", help="With --rehearse: inject a fault.")
 @click.option("--json", "json_mode", is_flag=True, help="Print one JSON result on stdout.")
+@workspace_options
 def teardown_cmd(delete_model: bool, stale: bool, older_than: str, dry_run: bool, run_id: str | None,
                  profile: str | None, backend: str | None, overrides: tuple[str, ...], rehearse: bool,
                  faults: tuple[str, ...], json_mode: bool) -> None:
@@ -138,7 +139,8 @@ def teardown_cmd(delete_model: bool, stale: bool, older_than: str, dry_run: bool
         from amlft.backends.azure.sweep import sweep_stale_endpoints
 
         console = make_console(json_mode)
-        out = sweep_stale_endpoints(profile=profile, overrides=list(overrides), older_than=older_than,
+        out = sweep_stale_endpoints(profile=profile, overrides=[*overrides, *workspace_overrides()],
+                                    older_than=older_than,
                                     dry_run=dry_run, rehearse=rehearse, faults=list(faults), console=console)
         console.result(stale=out)
         finish(console)
