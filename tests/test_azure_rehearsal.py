@@ -202,3 +202,23 @@ def test_ctrl_c_during_run_tears_down_everything(home, capsys, monkeypatch):
     rec = RunRecord.load()
     assert {r["kind"]: r["state"] for r in rec.resources()}["azureml.online_endpoint"] == "deleted"
     assert fake_after(home).left_running() == []
+
+
+def test_kept_endpoint_show_credentials_then_teardown(home, capsys):
+    code, out = cli(capsys, "run", "--profile", PROFILE, "--rehearse", "--keep")
+    assert code == 0, out
+    assert "tear it down: amlft teardown --run" in out
+    code, _ = cli(capsys, "endpoint", "show", "--json")
+    shown = json.loads(LAST_STDOUT[0])
+    assert code == 0 and shown["scoring_uri"].endswith("/score") and "key" not in shown
+    code, out = cli(capsys, "endpoint", "credentials")
+    assert code == 2 and "Refusing to print a key" in out
+    code, _ = cli(capsys, "endpoint", "credentials", "--json")
+    key = json.loads(LAST_STDOUT[0])["key"]
+    fake = fake_after(home)
+    name = shown["name"]
+    assert code == 0 and key == fake.state["endpoints"][name]["keys"]["primaryKey"]
+    assert fake.left_running(), "--keep leaves the endpoint up"
+    code, out = cli(capsys, "teardown")
+    assert code == 0 and "left running: none" in out
+    assert fake_after(home).left_running() == []

@@ -2,9 +2,9 @@
 
 Strict on purpose: an unknown key is a typo that would otherwise be silently ignored
 for the length of a multi-hour fine-tune, so it is rejected by its full field path.
-Precedence (highest first): `--set a.b=value` flags, then environment variables the
-backends document (e.g. AZURE_SUBSCRIPTION_ID), then the profile file, then the
-defaults below.
+Precedence (highest first): `--set a.b=value` flags, then the profile file, then the
+defaults below. Workspace coordinates left empty here fall back to environment variables
+and config.json (amlft.backends.azure.auth.resolve_workspace).
 
 Fine-tune parameters (`finetune:`) use the Azure ML `chat_completion_pipeline`
 component's input names on *both* backends, so one profile moves between them.

@@ -78,12 +78,12 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def open_context(step: str, *, run_id: str | None, profile: str | None, backend: str | None,
                  overrides: tuple[str, ...], rehearse: bool, faults: tuple[str, ...], json_mode: bool,
-                 new_run: bool = False, **options: Any) -> Any:
+                 **options: Any) -> Any:
     """Find or start the run this verb acts on and build its StepContext.
 
     - `--run ID` always wins.
     - Steps up to `submit` continue the latest run if it used the same profile and has not
-      submitted yet; otherwise (or with new_run) they start a new run.
+      submitted yet; otherwise they start a new run. `amlft run` always starts a new run.
     - Later steps act on the latest run.
     """
     from amlft.backends.base import StepContext
@@ -97,7 +97,7 @@ def open_context(step: str, *, run_id: str | None, profile: str | None, backend:
         record = RunRecord.load(run_id)
     elif step not in PRE_SUBMIT_STEPS:
         record = RunRecord.load(None)  # the latest run; a clear error when there is none
-    elif not new_run and step != "run":  # `amlft run` always starts a new run unless --run names one
+    elif step != "run":
         runs = list_runs()
         if runs:
             latest = RunRecord.load(runs[0]["run_id"])

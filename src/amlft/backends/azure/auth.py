@@ -125,14 +125,11 @@ def interactive_allowed(env: dict[str, str] | None = None) -> bool:
 
 def build_credential() -> tuple[Any, str]:
     """(credential, description). GitHub OIDC long-job credential first, then DefaultAzureCredential."""
-    try:
-        from amlft.backends.azure import github_oidc
-    except ImportError:
-        github_oidc = None  # type: ignore[assignment]
-    if github_oidc is not None:
-        cred = github_oidc.credential_from_environment()
-        if cred is not None:
-            return cred, "GitHub Actions OIDC (federated, refreshed for long jobs)"
+    from amlft.backends.azure import github_oidc
+
+    cred = github_oidc.credential_from_environment()
+    if cred is not None:
+        return cred, "GitHub Actions OIDC (federated, refreshed for long jobs)"
     from amlft.errors import require
 
     identity = require("azure.identity", extra="azure", purpose="Azure authentication")

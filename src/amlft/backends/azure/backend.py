@@ -88,11 +88,9 @@ class AzureBackend:
 
     @staticmethod
     def _infra_findings(sess: Any, ctx: StepContext) -> list[dict[str, Any]]:
-        try:
-            from amlft.backends.azure.infra_check import check_workspace_against_infra
-        except ImportError:
-            return []
-        return list(check_workspace_against_infra(sess.ws, ctx.profile) or [])
+        from amlft.backends.azure.infra_check import check_workspace_against_infra
+
+        return list(check_workspace_against_infra(sess.ws, ctx.profile))
 
     @staticmethod
     def _dedupe(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
