@@ -165,11 +165,15 @@ class AzureBackend:
         # `amlft submit` alone (e.g. the first job of a CI workflow) does the steps it depends on.
         from amlft.lifecycle import run_step
 
+        ran_prerequisites = False
         if rec.step_status("check") != "succeeded":
             run_step(ctx, "check")
+            ran_prerequisites = True
         if not (rec.output("data").get("assets") or {}).get("train"):
             run_step(ctx, "data")
-        ctx.console.step("submit (continued)")
+            ran_prerequisites = True
+        if ran_prerequisites:
+            ctx.console.step("submit (continued)")
         facts = rec.output("check")
         assets = rec.output("data").get("assets") or {}
         if not assets.get("train") or not assets.get("test"):
