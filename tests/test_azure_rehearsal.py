@@ -222,3 +222,18 @@ def test_kept_endpoint_show_credentials_then_teardown(home, capsys):
     code, out = cli(capsys, "teardown")
     assert code == 0 and "left running: none" in out
     assert fake_after(home).left_running() == []
+
+
+def test_a_failed_teardown_fails_the_run(home, capsys, monkeypatch):
+    """If teardown cannot delete the endpoint, something may still bill: `run` must not exit 0."""
+    from amlft.backends.azure.backend import AzureBackend
+    from amlft.errors import ServiceError
+
+    def broken_teardown(self, ctx, *, delete_model=False):
+        raise ServiceError("Deleting endpoint failed", status=500, hint="Run `amlft teardown` again.")
+
+    monkeypatch.setattr(AzureBackend, "teardown", broken_teardown)
+    code, out = cli(capsys, "run", "--profile", PROFILE, "--rehearse")
+    assert code == 1
+    assert "teardown failed: Deleting endpoint failed" in out
+    assert "left running: " in out and "left running: none" not in out

@@ -114,6 +114,7 @@ def run_all(ctx: StepContext, *, keep: bool = False, timeout: float | None = Non
     if start_at:
         steps = steps[steps.index(start_at):]
     failed: BaseException | None = None
+    teardown_error: AmlftError | None = None
     try:
         for name in steps:
             if name == "wait":
@@ -129,10 +130,13 @@ def run_all(ctx: StepContext, *, keep: bool = False, timeout: float | None = Non
             try:
                 run_step(ctx, "teardown", delete_model=ctx.profile.teardown.delete_model)
             except AmlftError as exc:
+                teardown_error = exc
                 ctx.console.error(f"teardown failed: {exc}")
         print_summary(ctx, backend, kept=keep and failed is None)
     if failed is not None:
         raise failed
+    if teardown_error is not None:  # a "successful" run that may leave something billing is a failure
+        raise teardown_error
     return ctx.record.data["outputs"]
 
 

@@ -10,7 +10,8 @@ from amlft.cli.common import finish, lifecycle_command, make_console, workspace_
 
 
 @click.command("run")
-@click.option("--keep", is_flag=True, help="Leave the endpoint up afterwards (it keeps billing on Azure).")
+@click.option("--keep", is_flag=True, help="Leave the endpoint up after a successful run (on Azure it keeps billing). "
+                                          "A failed or interrupted run is always torn down.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting for training after this long.")
 @click.option("--from-step", "start_at", type=click.Choice(["check", "data", "submit", "wait", "register", "deploy", "invoke"]),
               help="With --run: resume the run from this step.")
