@@ -16,7 +16,6 @@ on the next `amlft submit` or `amlft wait`.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import re
@@ -282,7 +281,7 @@ class LocalBackend:
                              "resuming from its last checkpoint")
             self._start_training(ctx, resume=True)
         train_dir = self._train_dir(ctx)
-        progress_path, log_path = train_dir / "progress.jsonl", train_dir / "log_path"
+        progress_path = train_dir / "progress.jsonl"
         log_path = Path(rec.output("submit").get("log_path") or train_dir / "train.log")
         pid = int(rec.output("submit")["pid"])
         started = time.monotonic()
@@ -294,7 +293,9 @@ class LocalBackend:
                                  f"this run is torn down. Follow it again: amlft wait --run {rec.run_id}; "
                                  f"stop it: amlft teardown --run {rec.run_id}")
                 raise
-        assert result is not None
+        if result is None:  # completed without a readable result.json: cannot happen unless the file vanished
+            raise TrainingError(f"Training of run {rec.run_id} finished but left no result in {train_dir}.",
+                                hint=f"Start it again: amlft submit --run {rec.run_id}")
         return self._record_training(ctx, result, duration_s=time.monotonic() - started)
 
     def _follow(self, ctx: StepContext, pid: int, progress_path: Path, log_path: Path, *,
@@ -441,16 +442,17 @@ class LocalBackend:
         store_secret(rec.run_id, "endpoint_key", key, root=rec.root)
         name = model_slug(ep.name or f"amlft-{rec.run_id}")
         log_path = rec.run_dir / "server.log"
-        extra: dict[str, Any] = {}
-        if "on_started" in inspect.signature(launch).parameters:
+
+        def record_started(pid: int) -> None:
             # recorded before the readiness wait, so a teardown from another terminal finds it
-            extra["on_started"] = lambda pid: rec.add_resource(SERVER, name, pid=pid, port=ep.port or None,
-                                                               host=ep.host, billable=True, log_path=str(log_path))
+            rec.add_resource(SERVER, name, pid=pid, port=ep.port or None, host=ep.host, billable=True,
+                             log_path=str(log_path))
+
         handle = launch(Path(model_dir), key=key, host=ep.host, port=ep.port, max_concurrency=ep.max_concurrency,
                         max_queue=ep.max_queue, request_timeout_s=ep.request_timeout_ms / 1000,
                         max_request_bytes=ep.max_request_bytes, log_path=log_path,
                         ready_timeout_s=max(120.0, ep.liveness_initial_delay_s / 2), model_name=name,
-                        threads=ctx.profile.local.threads, **extra)
+                        threads=ctx.profile.local.threads, on_started=record_started)
         rec.add_resource(SERVER, name, pid=handle.pid, port=handle.port, host=handle.host, billable=True,
                          log_path=str(log_path))
         out = {"endpoint_name": name, "deployment_name": ep.deployment_name, "scoring_uri": handle.scoring_uri,
@@ -459,7 +461,7 @@ class LocalBackend:
                "key_ref": f"secrets/{rec.run_id}.json#endpoint_key"}
         rec.set_output("deploy", **out)
         ctx.console.info(f"serving {model_dir} at {handle.scoring_uri} (OpenAI-compatible: "
-                         f"{handle.openai_base_url}); key: amlft endpoint credentials --run {rec.run_id}")
+                         f"{handle.openai_base_url}); key: amlft endpoint credentials --run {rec.run_id} --json")
         return out
 
     def endpoint(self, ctx: StepContext) -> EndpointInfo:
