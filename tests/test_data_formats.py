@@ -173,6 +173,14 @@ def test_hub_all_splits_and_fractional_percent(tmp_path, fake_hub):
     assert result.counts["test_gen"]["kept"] == 4  # round(3.535)
 
 
+def test_hub_split_name_typo_is_an_error_not_a_silent_drop(tmp_path, fake_hub):
+    opts = PrepareOptions(splits=["trian_sft", "test_sft"])
+    with pytest.raises(DataError, match="no split\\(s\\) trian_sft") as info:
+        prepare("HuggingFaceH4/ultrachat_200k", tmp_path / "out", opts)
+    assert "train_sft" in info.value.message  # it lists what exists
+    assert not (tmp_path / "out").exists()
+
+
 def test_hub_unreachable_is_a_clear_error(tmp_path, monkeypatch):
     from amlft.data import preparer as prepare_mod
 

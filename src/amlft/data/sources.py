@@ -154,9 +154,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Can this process reach the Hugging Face Hub? (offline mode says no without asking.)"""
     if hub_offline_mode():
         return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
     except OSError:
         return False
     return True
@@ -242,11 +245,11 @@ def first_pc(n: int, pc: float) -> int:
 
 def hub_splits(dataset_id: str, *, wanted: list[str] | None, split_pc: float | None) -> list[SplitSource]:
     available = hub_split_names(dataset_id)
-    names = [s for s in (wanted or available) if s in available]
-    if not names:
-        raise DataError(f"{dataset_id} has none of the splits {', '.join(wanted or [])} "
-                        f"(it has {', '.join(available)}).",
-                        hint="Set data.train_split/test_split to existing split names.")
+    missing = [s for s in (wanted or []) if s not in available]
+    if missing:  # a typo in a split name must not silently train on less data
+        raise DataError(f"{dataset_id} has no split(s) {', '.join(missing)} (it has {', '.join(available)}).",
+                        hint="Set data.train_split/test_split/validation_split (or --split) to existing split names.")
+    names = list(wanted or available)
     out = []
     for name in names:
         cache: dict[str, Any] = {}

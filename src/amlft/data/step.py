@@ -84,7 +84,15 @@ def prepare_run_data(ctx: StepContext) -> dict[str, Any]:
                      "It does NOT train on the real dataset." if substituted else
                      f"using the shipped sample dataset ({source})")
     if hub:
-        overrides["splits"] = [s for s in (cfg.train_split, cfg.test_split, cfg.validation_split, cfg.invoke_split) if s]
+        from amlft.data.sources import hub_split_names
+
+        wanted = [s for s in (cfg.train_split, cfg.test_split, cfg.validation_split) if s]
+        if cfg.invoke_split and cfg.invoke_split not in wanted:
+            if cfg.invoke_split in hub_split_names(source):
+                wanted.append(cfg.invoke_split)
+            else:  # optional: invoke and bench fall back to the test split
+                console.info(f"{source} has no {cfg.invoke_split!r} split: invoke will use {cfg.test_split!r}")
+        overrides["splits"] = wanted
     elif cfg.test_fraction is None:
         names = [s.name for s in local_splits(source, single_name=cfg.train_split)]
         if len(names) == 1:
