@@ -41,6 +41,7 @@ from amlft.data.sources import (
     local_splits,
 )
 from amlft.errors import DataError
+from amlft.hashing import file_sha256
 
 BOM = b"\xef\xbb\xbf"
 POLICY_REASONS = frozenset(("duplicate", "leakage"))  # rejected only because the user asked to drop them
@@ -538,7 +539,7 @@ class _Run:
         reasons: Counter[str] = Counter()
         hashes = []
         for name, o in self.outs.items():
-            digest = _sha256(o.path) if o.path else None
+            digest = file_sha256(o.path) if o.path else None
             if digest:
                 hashes.append(f"{name}:{digest}")
             reasons.update(o.reasons)
@@ -615,14 +616,6 @@ def _dumps(row: dict[str, Any]) -> bytes:
         return json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: keep it escaped
         return json.dumps(row, default=str).encode("ascii")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_json(path: Path, data: Any) -> None:

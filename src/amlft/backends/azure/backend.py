@@ -9,7 +9,6 @@ in the next). With `--rehearse` the same code talks to amlft's in-process fake.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from amlft.backends.azure import endpoints, names, pipeline, skus
 from amlft.backends.azure.service import call, enum_text
 from amlft.backends.base import EndpointInfo, StepContext
 from amlft.errors import ConfigError, JobCanceled, JobFailed, PreflightError, RecordError, ServiceError
+from amlft.hashing import file_sha256
 
 JOB_KIND = "azureml.job"
 MODEL_KIND = "azureml.model"
@@ -33,14 +33,6 @@ def _session(ctx: StepContext) -> Any:
 
 def _dataset_name(ctx: StepContext) -> str:
     return names.dataset_slug(ctx.profile.data.source)
-
-
-def _file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class AzureBackend:
@@ -118,7 +110,7 @@ class AzureBackend:
             if not path:
                 continue
             name = f"amlft-{slug}-{split}"
-            version = _file_hash(path)[:16]
+            version = file_sha256(path)[:16]
             ref = f"azureml:{name}:{version}"
             try:
                 call(f"Looking up data asset {name}:{version}", sess.ws.data.get, name, version=version, idempotent=True)
