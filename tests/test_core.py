@@ -58,11 +58,9 @@ def test_secret_store_is_private_and_separate(tmp_path: Path) -> None:
 
 def test_missing_run_names_what_exists(tmp_path: Path) -> None:
     RunRecord.create(backend="local", profile={}, profile_path=None, root=tmp_path, run_id="only-run")
-    with pytest.raises(RecordError, match="only-run"):
-        try:
-            RunRecord.load("nope", root=tmp_path)
-        except RecordError as exc:
-            raise RecordError(exc.hint or "") from exc
+    with pytest.raises(RecordError) as exc:
+        RunRecord.load("nope", root=tmp_path)
+    assert "nope" in exc.value.message and "only-run" in (exc.value.hint or "")
 
 
 def test_step_context_marks_failures(tmp_path: Path) -> None:
@@ -200,3 +198,17 @@ def test_progress_renders_on_a_terminal_with_unknown_total(total: float | None, 
         bar.update(1, status="Running")
         bar.update(2, total=4, status="Running")
     assert "job" in buf.getvalue()
+
+
+def test_invoke_file_may_be_pretty_printed_json_or_jsonl(tmp_path: Path) -> None:
+    """`amlft invoke --file request.json`: people write these files by hand, indented."""
+    from types import SimpleNamespace
+
+    from amlft.lifecycle import pick_invoke_messages
+
+    pretty = tmp_path / "request.json"
+    pretty.write_text('{\n  "messages": [\n    {"role": "user", "content": "hi"}\n  ]\n}\n')
+    assert pick_invoke_messages(SimpleNamespace(), str(pretty)) == [{"role": "user", "content": "hi"}]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"messages": [{"role": "user", "content": "first"}]}\n{"messages": []}\n')
+    assert pick_invoke_messages(SimpleNamespace(), str(rows))[0]["content"] == "first"

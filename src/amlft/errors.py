@@ -79,11 +79,9 @@ class DataError(AmlftError):
     pass
 
 
-class Problem(dict):
-    """One preflight finding: {"severity": "error"|"warning", "check": ..., "message": ..., "fix": ...}."""
-
-
 class PreflightError(AmlftError):
+    """Carries every finding: {"severity": "error"|"warning"|"info", "check", "message", "fix"}."""
+
     def __init__(self, problems: list[dict[str, Any]]) -> None:
         errors = [p for p in problems if p.get("severity", "error") == "error"]
         lines = [f"- [{p.get('check', '?')}] {p['message']}" + (f"\n    fix: {p['fix']}" if p.get("fix") else "")

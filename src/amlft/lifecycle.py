@@ -63,8 +63,11 @@ def pick_invoke_messages(ctx: StepContext, file: str | None = None) -> list[dict
         path = Path(file)
         try:
             text = path.read_text(encoding="utf-8").strip()
-            obj = json.loads(text) if text.startswith(("{", "[")) and "\n" not in text else json.loads(text.splitlines()[0])
-        except (OSError, json.JSONDecodeError) as exc:
+            try:
+                obj = json.loads(text)  # a JSON document, pretty-printed or not
+            except json.JSONDecodeError:
+                obj = json.loads(text.splitlines()[0])  # a JSONL file: its first row
+        except (OSError, IndexError, json.JSONDecodeError) as exc:
             raise DataError(f"--file {path}: {exc}", hint="Give a JSON file with {\"messages\": [...]} or a list of messages.") from exc
         if isinstance(obj, dict) and "input_data" in obj:
             obj = obj["input_data"].get("input_string")

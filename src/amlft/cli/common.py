@@ -21,6 +21,12 @@ def current_console() -> Console | None:
     return _CONSOLE
 
 
+def reset_console() -> None:
+    """Forget the previous command's console (main() may be called many times in one process)."""
+    global _CONSOLE
+    _CONSOLE = None
+
+
 def make_console(json_mode: bool, quiet: bool = False) -> Console:
     global _CONSOLE
     _CONSOLE = Console(json_mode=json_mode, quiet=quiet)

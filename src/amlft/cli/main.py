@@ -71,8 +71,10 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry: run click with our own error funnel."""
+    from amlft.cli.common import reset_console
     from amlft.errors import EXIT_INTERRUPTED, AmlftError
 
+    reset_console()
     try:
         return cli.main(args=argv, prog_name="amlft", standalone_mode=False)
     except click.exceptions.Abort:  # click's form of Ctrl-C
@@ -82,14 +84,14 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except AmlftError as exc:
-        _report(exc)
+        _report(exc, json_requested="--json" in (sys.argv[1:] if argv is None else argv))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _report(exc: Any) -> None:
+def _report(exc: Any, *, json_requested: bool) -> None:
     """Print an AmlftError once: JSON on stdout in --json mode, else message + hint on stderr."""
     import json
 
@@ -103,7 +105,7 @@ def _report(exc: Any) -> None:
         click.echo(f"error: {exc.message}", err=True)
         if exc.hint:
             click.echo(f"hint: {exc.hint}", err=True)
-    if console is None and "--json" in sys.argv:
+    if console is None and json_requested:  # failed before the command built its console
         click.echo(json.dumps({"ok": False, **exc.to_dict()}))
 
 
