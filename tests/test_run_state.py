@@ -332,3 +332,18 @@ def test_stale_sweep_stops_old_local_servers_and_azure_endpoints_and_records_it(
     assert runs_json(capsys)[rid]["live_resources"] == []
     code, out = cli(capsys, "endpoint", "show", "--rehearse")
     assert code == 2 and "torn down" in out
+
+
+def test_a_failed_azure_wait_says_what_is_still_running(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = cli(capsys, "submit", "--profile", AZURE, "--rehearse", "--fault", "finetune_step_fails")
+    assert code == 0, out
+    rid = RunRecord.load().run_id
+    code, out = cli(capsys, "wait", "--rehearse")  # as a second CI job would: a separate command
+    assert code == 3
+    err = out[out.index("error: Job "):]
+    assert err.index("hint: ") < err.index("std_log.txt"), "cause and hint first, the log tail after"
+    assert f"Still running for run {rid}: endpoint " in err and f"stop it: amlft teardown --run {rid}" in err
+    assert RunRecord.load(rid).outcome == "failed"
+    code, out = cli(capsys, "teardown")
+    assert code == 0 and "left running: none" in out
+    assert RunRecord.load(rid).outcome == "failed", "tearing down a failed run does not make it a success"

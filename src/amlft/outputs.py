@@ -12,14 +12,19 @@ the plain dict.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import os
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 __all__ = [
     "OUTPUT_MODELS", "AuthOutput", "CheckOutput", "DataOutput", "DeployOutput", "EvalOutput", "InvokeOutput",
     "RegisterOutput", "StepOutput", "SubmitOutput", "TeardownOutput", "TrainOutput", "WaitOutput", "model_for",
 ]
+
+
+# A path: given as str or Path, stored as str.
+PathStr = Annotated[str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)]
 
 
 class StepOutput(BaseModel):
@@ -42,7 +47,7 @@ class AuthOutput(StepOutput):
     workspace: str | None = None
     location: str | None = None
     registry: str | None = None
-    state_dir: str | None = None
+    state_dir: PathStr | None = None
 
 
 class CheckOutput(StepOutput):
@@ -60,12 +65,12 @@ class CheckOutput(StepOutput):
 
 class DataOutput(StepOutput):
     step: ClassVar[str] = "data"
-    train_file: str | None = None
-    test_file: str | None = None
-    validation_file: str | None = None
-    invoke_file: str | None = None
-    report_path: str | None = None
-    rejected_path: str | None = None
+    train_file: PathStr | None = None
+    test_file: PathStr | None = None
+    validation_file: PathStr | None = None
+    invoke_file: PathStr | None = None
+    report_path: PathStr | None = None
+    rejected_path: PathStr | None = None
     data_hash: str | None = None
     source: str | None = None
     requested_source: str | None = None
@@ -83,8 +88,8 @@ class SubmitOutput(StepOutput):
     experiment: str | None = None
     display_name: str | None = None
     pid: int | None = None  # local
-    train_dir: str | None = None
-    log_path: str | None = None
+    train_dir: PathStr | None = None
+    log_path: PathStr | None = None
     resumed_from: str | None = None
     base_model: str | None = None
     hyperparameters: dict[str, Any] = {}
@@ -102,14 +107,14 @@ class WaitOutput(StepOutput):
 
 class TrainOutput(StepOutput):
     step: ClassVar[str] = "train"
-    adapter_dir: str | None = None
-    checkpoint_dir: str | None = None
-    merged_dir: str | None = None
+    adapter_dir: PathStr | None = None
+    checkpoint_dir: PathStr | None = None
+    merged_dir: PathStr | None = None
     base_model: str | None = None
-    base_model_dir: str | None = None
+    base_model_dir: PathStr | None = None
     hyperparameters: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
-    loss_curve_png: str | None = None
+    loss_curve_png: PathStr | None = None
 
 
 class EvalOutput(StepOutput):
@@ -129,7 +134,7 @@ class RegisterOutput(StepOutput):
     name: str | None = None
     version: str | None = None
     model_uri: str | None = None
-    model_dir: str | None = None
+    model_dir: PathStr | None = None
     tags: dict[str, Any] = {}
 
 
@@ -143,7 +148,7 @@ class DeployOutput(StepOutput):
     pid: int | None = None  # local
     port: int | None = None
     host: str | None = None
-    log_path: str | None = None
+    log_path: PathStr | None = None
     key_ref: str | None = None
 
 
