@@ -26,7 +26,7 @@ def test_the_readme_python_example_runs_on_the_local_backend(monkeypatch: pytest
 
     monkeypatch.chdir(ROOT)  # the example names jobs/local-demo.yml relative to the checkout
     scope: dict[str, object] = {}
-    exec(compile(_readme_example(), "README.md#python-api", "exec"), scope)  # noqa: S102 - our own README
+    exec(compile(_readme_example(), "README.md#python-api", "exec"), scope)  # our own README
     out = capsys.readouterr().out
     run = scope["run"]
     assert run.outcome == "succeeded" and run.left_running() == []  # type: ignore[attr-defined]
