@@ -275,7 +275,7 @@ def test_local_liveness_outcome_and_exit_codes(home: Path, capsys: pytest.Captur
     assert code == 0 and "stopped local.train_process" in out and "left running: none" in out
     code, out = cli(capsys, "wait")
     assert code == 4 and "stopped by `amlft teardown`" in out and f"amlft submit --run {rid2}" in out
-    assert RunRecord.load(rid2).outcome == "canceled"
+    assert RunRecord.load(rid2).outcome == "canceled" and RunRecord.load(rid2).step_status("wait") == "failed"
 
     # a training that fails: exit 3, the cause and the hint first, the log tail after them
     broken = home / "broken-model"

@@ -428,6 +428,7 @@ class RunRecord:
         try:
             yield entry
         except KeyboardInterrupt:
+            entry = self.data["steps"].setdefault(name, entry)  # the step may have reloaded the record
             entry.update(status="interrupted", ended_at=now_iso())
             self.data["status"] = f"{name}:interrupted"
             self.data["outcome"] = "running" if name in ("submit", "wait") and self.billable_started() else before
@@ -435,6 +436,7 @@ class RunRecord:
             raise
         except BaseException as exc:
             message = str(getattr(exc, "message", exc))[:2000]
+            entry = self.data["steps"].setdefault(name, entry)
             entry.update(status="failed", ended_at=now_iso(), error=message)
             self.data["status"] = f"{name}:failed"
             if name in QUERY_STEPS or isinstance(exc, WaitTimeout):
@@ -445,6 +447,7 @@ class RunRecord:
                 self.data["outcome_reason"] = f"{name}: {first}"
             self.save()
             raise
+        entry = self.data["steps"].setdefault(name, entry)
         entry.update(status="succeeded", ended_at=now_iso())
         self.data["status"] = f"{name}:succeeded"
         if name in _OUTCOME_AFTER:
