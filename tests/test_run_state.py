@@ -239,7 +239,8 @@ def test_ctrl_c_during_teardown_still_says_what_is_left(home: Path, capsys: pyte
     assert code == 130 and "left running: none" in out
     code, out = cli(capsys, "run", "--set", "local.device=cuda")  # fails in check, then teardown is interrupted
     assert code == 130 and "teardown interrupted" in out and "left running: none" in out
-    assert RunRecord.load().outcome == "canceled"
+    rid = out.split("run ", 1)[1].split(" ", 1)[0]
+    assert RunRecord.load(rid).outcome == "canceled" and RunRecord.load().run_id == rid
 
 
 # ------------------------------------------------------------------ 3./5. live resources and exit codes (local)

@@ -54,8 +54,9 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 _PASSIVE_KINDS = ("azureml.data", "azureml.model", "local.model")
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def now_iso(*, precise: bool = False) -> str:
+    """UTC now; `precise` (microseconds) where it orders runs created within the same second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 def state_dir(cwd: Path | None = None) -> Path:
@@ -184,7 +185,7 @@ class RunRecord:
         rec = cls(path, {
             "schema": SCHEMA_VERSION,
             "run_id": rid,
-            "created_at": now_iso(),
+            "created_at": now_iso(precise=True),
             "updated_at": now_iso(),
             "backend": backend,
             "rehearse": rehearse,
