@@ -25,7 +25,8 @@ def offline(tmp_path, monkeypatch):
 
 
 def test_dry_run_export_writes_a_job_load_job_accepts(offline, capsys):
-    main(["submit", "--profile", PROFILE, "--dry-run", "--export", "job.yml"])
+    # the profile's data must be preparable offline: the shipped sample, chosen explicitly
+    main(["submit", "--profile", PROFILE, "--dry-run", "--export", "job.yml", "--set", "data.source=amlft:sample_chat"])
     out = capsys.readouterr().out
     assert "wrote job.yml" in out and "$3.06/h" in out
     from azure.ai.ml import load_job
@@ -33,7 +34,7 @@ def test_dry_run_export_writes_a_job_load_job_accepts(offline, capsys):
     job = load_job(source=offline / "job.yml")
     assert job.type == "pipeline"
     assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
-    assert job.display_name.startswith("Phi-3-mini-4k-instruct-ultrachat_200k-bs1-cosine-ds2-lora")
+    assert job.display_name.startswith("Phi-3-mini-4k-instruct-amlft-sample_chat-bs1-cosine-ds2-lora")
 
     doc = yaml.safe_load((offline / "job.yml").read_text())
     step = doc["jobs"]["chat_completion_pipeline"]
@@ -68,3 +69,29 @@ def test_dry_run_rejects_unknown_finetune_inputs(offline, capsys):
     assert "finetune.num_epochs is not an input of chat_completion_pipeline" in err
     assert "Deployment name 'x'" in err
     assert not (offline / "job.yml").exists()
+
+
+def test_dry_run_prepares_the_profiles_data_or_refuses_and_creates_no_run(offline, capsys):
+    """Before `amlft data`, a dry run prepares and validates the profile's own data; data it cannot
+    reach is a clear refusal, never the shipped sample in its place; and no run becomes "the latest"."""
+    with pytest.raises(SystemExit) as ei:
+        main(["submit", "--profile", PROFILE, "--dry-run", "--export", "job.yml"])
+    assert ei.value.code == 1
+    err = capsys.readouterr().err
+    assert "Cannot reach the Hugging Face Hub to download HuggingFaceH4/ultrachat_200k" in err
+    assert not (offline / "job.yml").exists()
+
+    mine = offline / "mine.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(30)]
+    mine.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    main(["submit", "--profile", PROFILE, "--dry-run", "--export", "job.yml", "--set", f"data.source={mine}",
+          "--set", "data.train_split=train", "--set", "data.split_pc=null"])
+    capsys.readouterr()
+    doc = yaml.safe_load((offline / "job.yml").read_text())
+    train = Path(doc["jobs"]["chat_completion_pipeline"]["inputs"]["train_file_path"]["path"])
+    assert train.exists() and len(train.read_text().splitlines()) == 27  # 10% held out as the test split
+    assert "q" in train.read_text() and "sample" not in str(train)
+    assert not list((offline / ".amlft" / "runs").glob("*.json")), "a dry run creates no run"
+    main(["runs", "--json"])
+    assert __import__("json").loads(capsys.readouterr().out)["runs"] == []

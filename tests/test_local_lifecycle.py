@@ -136,7 +136,9 @@ def test_crash_mid_training_resumes_from_checkpoint(monkeypatch: pytest.MonkeyPa
     run_step(ctx, "submit")
     with pytest.raises(TrainingError) as err:
         run_step(ctx, "wait")
-    assert "checkpoint-5" in (err.value.hint or "") and "exiting abruptly" in err.value.message
+    # the cause and the hint first; the log tail (where the trainer said why) after them
+    assert "checkpoint-5" in (err.value.hint or "") and "exiting abruptly" in (err.value.details or "")
+    assert err.value.exit_code == 3
     monkeypatch.delenv(FAIL_AFTER_ENV)
 
     first_pid = rec.output("submit")["pid"]

@@ -21,8 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from amlft.errors import ConfigError
 
+__all__ = ["DEFAULT_PROFILE", "ComputeConfig", "DataConfig", "EndpointConfig", "InvokeConfig", "LocalConfig", "ModelConfig", "PipelineConfig", "Profile", "TeardownConfig", "WorkspaceConfig", "apply_overrides", "parse_age", "resolve_profile_path"]
+
 DEFAULT_PROFILE = "jobs/local-demo.yml"
 _EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.I)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str, *, what: str = "--older-than") -> float:
+    """'90s', '30m', '4h', '2d' -> seconds (the form `teardown --older-than` and `teardown.stale_ttl` use)."""
+    m = _AGE.match(text or "")
+    if not m:
+        raise ConfigError(f"{what} {text!r} is not a duration.", hint="Use e.g. 90s, 30m, 4h or 2d.")
+    return float(m.group(1)) * _UNIT_S[m.group(2).lower()]
 
 
 class _Strict(BaseModel):
@@ -109,8 +121,15 @@ class InvokeConfig(_Strict):
 
 
 class TeardownConfig(_Strict):
-    delete_model: bool = False
-    stale_ttl: str = "4h"
+    delete_model: bool = Field(False, description="teardown also deletes the model the run registered")
+    stale_ttl: str = Field("4h", description="default age for `amlft teardown --stale` (--older-than), e.g. 30m, 4h, 2d")
+
+    @field_validator("stale_ttl")
+    @classmethod
+    def _is_duration(cls, v: str) -> str:
+        if not _AGE.match(v or ""):
+            raise ValueError(f"{v!r} is not a duration like 90s, 30m, 4h or 2d")
+        return v
 
 
 class LocalConfig(_Strict):
@@ -148,7 +167,11 @@ class Profile(_Strict):
         for k in v:
             if not isinstance(k, str) or not k.isidentifier():
                 raise ValueError(f"fine-tune parameter name {k!r} is not a valid component input name")
-        return {k: coerce_number(val) for k, val in v.items()}
+        values = {k: coerce_number(val) for k, val in v.items()}
+        problems = [p for p in (finetune_range_problem(k, val) for k, val in values.items()) if p]
+        if problems:  # caught by `amlft check` (every command loads the profile), not an hour into training
+            raise ValueError("; ".join(problems))
+        return values
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -182,12 +205,57 @@ class Profile(_Strict):
         return self.model_dump(mode="json")
 
 
+# The fine-tune parameters whose range we know (same names on both backends): (lowest, inclusive?, highest, inclusive?)
+FINETUNE_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "num_train_epochs": (0, False, None, False),
+    "learning_rate": (0, False, None, False),
+    "per_device_train_batch_size": (1, True, None, False),
+    "per_device_eval_batch_size": (1, True, None, False),
+    "gradient_accumulation_steps": (1, True, None, False),
+    "max_seq_length": (1, True, None, False),
+    "lora_r": (1, True, None, False),
+    "lora_alpha": (0, False, None, False),
+    "lora_dropout": (0, True, 1, False),
+    "warmup_steps": (0, True, None, False),
+    "warmup_ratio": (0, True, 1, True),
+    "weight_decay": (0, True, None, False),
+    "max_grad_norm": (0, False, None, False),
+    "logging_steps": (1, True, None, False),
+}
+
+
+def finetune_range_problem(name: str, value: Any) -> str | None:
+    """Why finetune.<name>=value cannot train, or None. `max_steps` is -1 (use the epochs) or at least 1."""
+    if name == "max_steps":
+        try:
+            n = float(value)
+        except (TypeError, ValueError):
+            return f"finetune.max_steps must be a number (got {value!r})"
+        return None if n == -1 or n >= 1 else f"finetune.max_steps must be -1 (no limit) or at least 1 (got {value!r})"
+    if name not in FINETUNE_RANGES:
+        return None
+    lo, lo_inc, hi, hi_inc = FINETUNE_RANGES[name]
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return f"finetune.{name} must be a number (got {value!r})"
+    if isinstance(value, bool):
+        return f"finetune.{name} must be a number (got {value!r})"
+    if lo is not None and (x < lo or (x == lo and not lo_inc)):
+        return f"finetune.{name} must be {'at least' if lo_inc else 'greater than'} {lo:g} (got {value!r})"
+    if hi is not None and (x > hi or (x == hi and not hi_inc)):
+        return f"finetune.{name} must be {'at most' if hi_inc else 'less than'} {hi:g} (got {value!r})"
+    return None
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"Invalid profile {source}:"]
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown field (check the spelling; unknown keys are rejected)")
+        elif err["type"] == "value_error":  # our own validators name the field and the value
+            lines.append(f"  {loc}: {str(err['msg']).removeprefix('Value error, ')}")
         else:
             lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+__all__ = ["Console"]
+
 
 class Console:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:

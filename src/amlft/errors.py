@@ -9,13 +9,14 @@
     ├── PreflightError            `check` found problems (carries all of them)        (exit 1)
     ├── ServiceError              a remote service said no (status, code, request id) (exit 1)
     ├── DeploymentError           endpoint/deployment failed to come up               (exit 1)
-    ├── TrainingError             local training failed                               (exit 1)
     ├── JobFailed                 the fine-tune job ended Failed                       (exit 3)
+    │   └── TrainingError         local training failed (the local backend's job)      (exit 3)
     ├── JobCanceled               the fine-tune job ended Canceled                     (exit 4)
     └── WaitTimeout               `wait --timeout` elapsed; the job keeps running      (exit 5)
 
 The CLI funnels every AmlftError through one place (amlft.cli.main) that prints the
-message and the hint, or a JSON object in --json mode, and exits with `exit_code`.
+message and the hint - the cause and the fix first - then `details` (e.g. a log tail), or a
+JSON object in --json mode, and exits with `exit_code`.
 Anything that is not an AmlftError is a bug and is shown with its traceback.
 """
 
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-EXIT_OK = 0
+__all__ = ["AmlftError", "AuthError", "ConfigError", "DataError", "DeploymentError", "JobCanceled", "JobFailed", "MissingDependency", "PreflightError", "RecordError", "ServiceError", "TrainingError", "WaitTimeout", "require"]
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_JOB_FAILED = 3
@@ -37,15 +39,20 @@ class AmlftError(Exception):
 
     exit_code: int = EXIT_ERROR
 
-    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None,
+                 details: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details  # shown after message and hint: a log tail, a long listing
         if exit_code is not None:
             self.exit_code = exit_code
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": type(self).__name__, "message": self.message, "hint": self.hint}
+        d: dict[str, Any] = {"error": type(self).__name__, "message": self.message, "hint": self.hint}
+        if self.details:
+            d["details"] = self.details
+        return d
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
@@ -119,12 +126,12 @@ class DeploymentError(AmlftError):
     pass
 
 
-class TrainingError(AmlftError):
-    pass
-
-
 class JobFailed(AmlftError):
     exit_code = EXIT_JOB_FAILED
+
+
+class TrainingError(JobFailed):
+    """Local training failed: the local backend's equivalent of a failed job (same exit code)."""
 
 
 class JobCanceled(AmlftError):

@@ -4,29 +4,21 @@ Each method is idempotent and resumable from the run record: it first looks at w
 the record says was already done (or created) and only does what is missing. Every
 resource a method creates is recorded (`ctx.record.add_resource`) *before* it is
 waited on, so another process can resume or tear it down.
+
+Backends do one step each and never call other steps: the lifecycle (amlft.lifecycle)
+decides which steps a command runs, in which order, and journals them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from amlft.config import Profile
-from amlft.console import Console
+from amlft.context import StepContext
 from amlft.records import RunRecord
 
-
-@dataclass
-class StepContext:
-    """What a step needs: the validated profile, the run's journal and where to talk."""
-
-    profile: Profile
-    record: RunRecord
-    console: Console
-    rehearse: bool = False
-    faults: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Backend", "EndpointInfo", "StepContext", "data_dir"]
 
 
 @dataclass
@@ -54,7 +46,12 @@ class Backend(Protocol):
         """Prepare + validate the chat data (amlft.data), and for Azure upload it. Records outputs['data']."""
 
     def submit(self, ctx: StepContext) -> dict[str, Any]:
-        """Start fine-tuning (Azure: submit the pipeline job; local: start/resume training). Records the job."""
+        """Start fine-tuning (Azure: submit the pipeline job; local: start/resume training). Records the job.
+        The lifecycle has run check and data first."""
+
+    def dry_run(self, ctx: StepContext, *, export_path: str | None = None) -> dict[str, Any]:
+        """Validate everything submit would use and build the job without starting anything billable.
+        `ctx.record` is a throwaway record (not listed by `amlft runs`)."""
 
     def wait(self, ctx: StepContext, *, timeout: float | None = None) -> dict[str, Any]:
         """Block until the fine-tune ends; raise JobFailed/JobCanceled/WaitTimeout otherwise."""
@@ -66,7 +63,7 @@ class Backend(Protocol):
         """Create/update the endpoint + deployment and route traffic. Records outputs['deploy']."""
 
     def endpoint(self, ctx: StepContext) -> EndpointInfo:
-        """Where the run's endpoint answers (raises RecordError if not deployed)."""
+        """Where the run's endpoint answers, checked live (raises RecordError if not deployed or gone)."""
 
     def endpoint_key(self, ctx: StepContext) -> str:
         """The endpoint's key. Never printed except by `amlft endpoint credentials`."""
@@ -75,10 +72,10 @@ class Backend(Protocol):
         """Delete/stop everything this run created that bills or holds resources. Safe to repeat."""
 
     def left_running(self, ctx: StepContext) -> list[str]:
-        """Human-readable list of this run's resources still alive (for the run summary)."""
+        """This run's resources still alive, checked live (process + health probe locally, a GET on
+        Azure); resources found gone are marked deleted in the record."""
 
 
 def data_dir(record: RunRecord) -> Path:
-    d = record.run_dir / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Kept for callers written before `RunRecord.data_dir`."""
+    return record.data_dir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,9 +11,6 @@ import click
 from amlft.console import Console
 
 _CONSOLE: Console | None = None
-
-# Steps before training starts may begin a new run; later ones only act on an existing run.
-PRE_SUBMIT_STEPS = ("auth", "check", "data", "submit", "run")
 
 
 def current_console() -> Console | None:
@@ -63,7 +59,7 @@ def workspace_overrides() -> list[str]:
 
 def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--run/--profile/--backend/--set/--rehearse/--fault/--json, shared by every lifecycle verb."""
-    opts = [
+    opts: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--run", "run_id", metavar="ID", help="Act on this run (default: the most recent one here)."),
         click.option("--profile", "profile", metavar="FILE", help="Run profile (default: jobs/local-demo.yml)."),
         click.option("--backend", type=click.Choice(["local", "azure"]), help="Override the profile's backend."),
@@ -85,63 +81,13 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def open_context(step: str, *, run_id: str | None, profile: str | None, backend: str | None,
                  overrides: tuple[str, ...], rehearse: bool, faults: tuple[str, ...], json_mode: bool,
                  **options: Any) -> Any:
-    """Find or start the run this verb acts on and build its StepContext.
-
-    - `--run ID` always wins.
-    - Steps up to `submit` continue the latest run if it used the same profile and has not
-      submitted yet; otherwise they start a new run. `amlft run` always starts a new run.
-    - Later steps act on the latest run.
-    """
-    from amlft.backends.base import StepContext
-    from amlft.config import Profile, resolve_profile_path
-    from amlft.errors import ConfigError
-    from amlft.records import RunRecord, list_runs
+    """Find or start the run this verb acts on (amlft.run_selection) and build its StepContext."""
+    from amlft.run_selection import open_run
 
     console = make_console(json_mode)
-    record = None
-    if run_id:
-        record = RunRecord.load(run_id)
-    elif step not in PRE_SUBMIT_STEPS:
-        record = RunRecord.load(None)  # the latest run; a clear error when there is none
-    elif step != "run":
-        runs = list_runs()
-        if runs:
-            latest = RunRecord.load(runs[0]["run_id"])
-            same_profile = profile is None or (
-                os.path.abspath(str(latest.data.get("profile_path") or "")) == os.path.abspath(profile))
-            if (same_profile and latest.step_status("submit") is None and not overrides and not backend
-                    and (rehearse == latest.rehearse or not rehearse)):
-                record = latest
-    ws = workspace_overrides()
-    overrides = (*overrides, *ws)
-    if faults and not (rehearse or (record is not None and record.rehearse)):
-        raise ConfigError("--fault only works with --rehearse.", hint="Add --rehearse.")
-    if record is None:
-        path = resolve_profile_path(profile)
-        prof = Profile.from_yaml(path, overrides=list(overrides))
-        if backend:
-            prof.backend = backend  # type: ignore[assignment]
-        record = RunRecord.create(backend=prof.backend, profile=prof.to_dict(), profile_path=str(path),
-                                  rehearse=rehearse)
-        console.info(f"run {record.run_id} ({prof.backend} backend, profile {path})")
-    else:
-        prof = Profile.from_dict(record.profile, source=f"run {record.run_id}", overrides=list(overrides))
-        if overrides:
-            record.data["profile"] = prof.to_dict()
-            record.save()
-    if rehearse and not record.rehearse:
-        raise ConfigError(f"Run {record.run_id} was not started with --rehearse; it talks to real Azure.",
-                          hint="Start a new rehearsal with --profile ... --rehearse.")
-    recorded_faults = list(record.data.get("faults") or [])
-    for f in faults:
-        if f not in recorded_faults:
-            recorded_faults.append(f)
-    if recorded_faults != list(record.data.get("faults") or []):
-        record.data["faults"] = recorded_faults
-        record.save()
-    console.result(run_id=record.run_id, backend=record.backend)
-    return StepContext(profile=prof, record=record, console=console, rehearse=record.rehearse,
-                       faults=recorded_faults, options=options)
+    return open_run(step, run_id=run_id, profile=profile, backend=backend,
+                    overrides=[*overrides, *workspace_overrides()], rehearse=rehearse, faults=list(faults),
+                    console=console, options=options)
 
 
 def finish(ctx_or_console: Any) -> None:

@@ -27,11 +27,11 @@ def data_group(click_ctx: click.Context, run_id: str | None, profile: str | None
     if click_ctx.invoked_subcommand is not None:
         return
     from amlft.cli.common import finish
-    from amlft.lifecycle import run_step
+    from amlft.lifecycle import data
 
     ctx = open_context("data", run_id=run_id, profile=profile, backend=backend, overrides=overrides,
                        rehearse=rehearse, faults=faults, json_mode=json_mode)
-    ctx.console.result(data=run_step(ctx, "data"))
+    ctx.console.result(data=data(ctx).to_dict())
     finish(ctx)
 
 

@@ -14,7 +14,8 @@ import click
 
 from amlft import __version__
 
-# command name -> "module:attribute"; order is the order shown in --help
+# command name -> "module:attribute"; order is the order shown in --help.
+# A new command is one line here plus its module in amlft/cli/.
 COMMANDS: dict[str, str] = {
     "run": "amlft.cli.lifecycle:run_cmd",
     "auth": "amlft.cli.lifecycle:auth_cmd",
@@ -101,10 +102,12 @@ def _report(exc: Any, *, json_requested: bool) -> None:
     if console is not None and console.json_mode:
         console.result(ok=False, **exc.to_dict())
         console.emit_result()
-    else:
+    else:  # the cause and the fix first, then details such as a log tail
         click.echo(f"error: {exc.message}", err=True)
         if exc.hint:
             click.echo(f"hint: {exc.hint}", err=True)
+        if getattr(exc, "details", None):
+            click.echo(exc.details, err=True)
     if console is None and json_requested:  # failed before the command built its console
         click.echo(json.dumps({"ok": False, **exc.to_dict()}))
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from amlft.backends.base import StepContext, data_dir
+from amlft.context import StepContext
 from amlft.data.preparer import PrepareOptions, prepare
 from amlft.data.sources import SAMPLE_SOURCES, hub_reachable, is_hub_id, local_splits
 from amlft.errors import DataError
@@ -106,7 +106,7 @@ def prepare_run_data(ctx: StepContext) -> dict[str, Any]:
         console.info(f"data: inputs unchanged, reusing {Path(prev['train_file']).parent} (data_hash {prev['data_hash'][:12]})")
         return prev
 
-    out_dir = data_dir(ctx.record)
+    out_dir = ctx.record.data_dir
     label = f"{source} (standing in for {cfg.source})" if substituted else source
     result = prepare(source, out_dir, opts, console=console, label=label)
     report = result.report

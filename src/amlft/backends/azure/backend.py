@@ -16,7 +16,7 @@ from typing import Any
 from amlft.backends.azure import endpoints, names, pipeline, skus
 from amlft.backends.azure.service import call, enum_text
 from amlft.backends.base import EndpointInfo, StepContext
-from amlft.errors import ConfigError, JobCanceled, JobFailed, PreflightError, RecordError, ServiceError
+from amlft.errors import JobCanceled, JobFailed, PreflightError, RecordError, ServiceError
 from amlft.hashing import file_sha256
 
 JOB_KIND = "azureml.job"
@@ -154,18 +154,6 @@ class AzureBackend:
                 ctx.console.info(f"job {prior} already submitted ({job.status}); not submitting again")
                 return rec.output("submit")
             ctx.console.info(f"previous job {prior} ended {job.status}; submitting a new one")
-        # `amlft submit` alone (e.g. the first job of a CI workflow) does the steps it depends on.
-        from amlft.lifecycle import run_step
-
-        ran_prerequisites = False
-        if rec.step_status("check") != "succeeded":
-            run_step(ctx, "check")
-            ran_prerequisites = True
-        if not (rec.output("data").get("assets") or {}).get("train"):
-            run_step(ctx, "data")
-            ran_prerequisites = True
-        if ran_prerequisites:
-            ctx.console.step("submit (continued)")
         facts = rec.output("check")
         assets = rec.output("data").get("assets") or {}
         if not assets.get("train") or not assets.get("test"):
@@ -282,10 +270,20 @@ class AzureBackend:
         return out
 
     def endpoint(self, ctx: StepContext) -> EndpointInfo:
-        d = ctx.record.output("deploy")
+        """The run's endpoint, after a GET confirms it still exists (a stale sweep may have deleted it)."""
+        rec = ctx.record
+        d = rec.output("deploy")
         if not d.get("scoring_uri"):
-            raise RecordError(f"Run {ctx.record.run_id} has no deployed endpoint.",
-                              hint=f"Run `amlft deploy --run {ctx.record.run_id}`.")
+            raise RecordError(f"Run {rec.run_id} has no deployed endpoint.",
+                              hint=f"Run `amlft deploy --run {rec.run_id}`.")
+        name = d["endpoint_name"]
+        redeploy = f"Deploy it again: amlft deploy --run {rec.run_id}"
+        if not any(r["name"] == name for r in rec.resources(endpoints.EP_KIND, live_only=True)):
+            raise RecordError(f"Endpoint {name} of run {rec.run_id} was torn down.", hint=redeploy)
+        if not endpoints.endpoint_alive(_session(ctx), name):
+            endpoints._mark_gone(rec, name)
+            raise RecordError(f"Endpoint {name} of run {rec.run_id} no longer exists in the workspace "
+                              "(deleted outside this run, e.g. by `amlft teardown --stale`).", hint=redeploy)
         return EndpointInfo(scoring_uri=d["scoring_uri"], openai_base_url=d.get("openai_base_url"),
                             contract=d.get("contract") or "azureml", name=d["endpoint_name"])
 
@@ -403,7 +401,7 @@ class AzureBackend:
             problems.append(validate_step_notice())
         notes.append("offline: model allow-lists, model_specific_defaults, cluster state and quota are checked by "
                      "`amlft check` (needs the workspace)")
-        files = self._dry_run_files(ctx, notes)
+        files = self._dry_run_files(ctx, notes, problems)
         model_path = pipeline.model_asset_id(prof.workspace.registry, prof.model.name, version=prof.model.version,
                                              label=prof.model.label)
         comp = pipeline.component_id(prof.workspace.registry, prof.pipeline.component, version=prof.pipeline.version,
@@ -433,20 +431,29 @@ class AzureBackend:
             ctx.console.info("dry run OK (add --export job.yml to write the job as az ml YAML)")
         return out
 
-    def _dry_run_files(self, ctx: StepContext, notes: list[str]) -> dict[str, str]:
+    def _dry_run_files(self, ctx: StepContext, notes: list[str], problems: list[dict[str, Any]]) -> dict[str, str]:
+        """The job's data inputs: uploaded assets, else the profile's data prepared and validated now
+        (locally, nothing uploaded). Data that cannot be prepared is a finding, never a stand-in sample."""
+        from amlft.backends.azure.preflight import finding
+        from amlft.data.step import prepare_run_data
+        from amlft.errors import DataError
+
         data = ctx.record.output("data")
         if data.get("assets"):
             return {f"{k}_file_path": v for k, v in data["assets"].items()}
-        if data.get("train_file") and data.get("test_file"):
-            files = {"train_file_path": data["train_file"], "test_file_path": data["test_file"]}
-            if data.get("validation_file"):
-                files["validation_file_path"] = data["validation_file"]
-            return files
-        from amlft.resources import sample_chat_dir
-
-        d = sample_chat_dir()
-        notes.append(f"data not prepared yet: the export points at the shipped sample ({d}); "
-                     "run `amlft data` first to export your own")
-        if not (d / "train_sft.jsonl").exists():
-            raise ConfigError(f"No prepared data and no shipped sample at {d}.", hint="Run `amlft data` first.")
-        return {"train_file_path": str(d / "train_sft.jsonl"), "test_file_path": str(d / "test_sft.jsonl")}
+        if not (data.get("train_file") and Path(data["train_file"]).exists()):
+            try:
+                data = prepare_run_data(ctx)
+            except DataError as exc:
+                problems.append(finding("error", "data", exc.message, exc.hint or "Fix data.* in the profile."))
+                return {"train_file_path": "(not prepared)", "test_file_path": "(not prepared)"}
+            notes.append(f"data prepared and validated locally for this dry run in {Path(data['train_file']).parent} "
+                         "(`amlft data` uploads it)")
+        if not data.get("test_file"):
+            problems.append(finding("error", "data", f"{ctx.profile.data.source} has no test split "
+                                    f"({ctx.profile.data.test_split!r}); the fine-tune component needs one.",
+                                    "Set data.test_split, or data.test_fraction to hold out part of the train split."))
+        files = {"train_file_path": data["train_file"], "test_file_path": data.get("test_file") or "(none)"}
+        if data.get("validation_file"):
+            files["validation_file_path"] = data["validation_file"]
+        return files

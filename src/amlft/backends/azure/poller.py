@@ -118,8 +118,9 @@ def wait_for_job(sess: AzureSession, job_name: str, *, console: Console, timeout
         raise JobFailed(f"Job {job_name} ended {status}.", hint=f"Open the job in Azure ML studio: {job.studio_url}")
     step = failed[0]
     err, log = step_error_and_log(sess, step.name)
-    if log:
-        console.error(f"step {_step_label(step)} failed; its log:\n{log}")
+    # cause and fix first, the log tail after them (printed by the CLI's error funnel)
     raise JobFailed(f"Job {job_name} failed in step {_step_label(step)}" + (f": {err}" if err else "."),
-                    hint=f"The log tail is above. Full logs: az ml job download --name {step.name} --all; "
-                         f"studio: {getattr(job, 'studio_url', '')}")
+                    hint=("Its log tail follows. " if log else "")
+                    + f"Full logs: az ml job download --name {step.name} --all; "
+                      f"studio: {getattr(job, 'studio_url', '')}",
+                    details=log or None)

@@ -1,7 +1,7 @@
 """One Azure session per command: credential, workspace client, registry client.
 
-Cached on the StepContext so the steps of `amlft run` share one set of clients (and
-one token) instead of re-authenticating per step.
+Kept in the StepContext's `session` slot so the steps of `amlft run` share one set of
+clients (and one token) instead of re-authenticating per step.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amlft.backends.base import StepContext
 from amlft.config import Profile
 from amlft.console import Console
-
-_KEY = "_azure_session"
+from amlft.context import StepContext
 
 
 @dataclass
@@ -48,11 +46,10 @@ def client_kwargs(rehearse: bool) -> dict[str, Any]:
 
 def open_session(ctx: StepContext) -> AzureSession:
     """The context's session, created on first use and shared by the steps of one command."""
-    cached = ctx.options.get(_KEY)
-    if cached is not None:
-        return cached
+    if isinstance(ctx.session, AzureSession):
+        return ctx.session
     sess = connect(ctx.profile, rehearse=ctx.rehearse, faults=ctx.faults, console=ctx.console, root=ctx.record.root)
-    ctx.options[_KEY] = sess
+    ctx.session = sess
     return sess
 
 

@@ -7,23 +7,15 @@ workspace's endpoints and deletes only those tagged `amlft-run-id` whose
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import re
 from typing import Any
 
+from amlft.config import Profile, parse_age
 from amlft.console import Console
-from amlft.errors import ConfigError
+from amlft.errors import ConfigError, RecordError
 
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.I)
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_age(text: str) -> float:
-    """'30m', '4h', '2d' -> seconds."""
-    m = _AGE.match(text or "")
-    if not m:
-        raise ConfigError(f"--older-than {text!r} is not a duration.", hint="Use e.g. 90s, 30m, 4h or 2d.")
-    return float(m.group(1)) * _UNIT_S[m.group(2).lower()]
+__all__ = ["sweep_stale_endpoints"]
 
 
 def _created_at(ep: Any) -> _dt.datetime | None:
@@ -39,19 +31,27 @@ def _created_at(ep: Any) -> _dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
 
 
-def sweep_stale_endpoints(*, profile: str | None, overrides: list[str], older_than: str, dry_run: bool,
-                          rehearse: bool, faults: list[str], console: Console,
-                          now: _dt.datetime | None = None) -> dict[str, Any]:
+def _forget_in_record(run_id: str, endpoint: str) -> None:
+    """If the swept endpoint's run has a record here, mark the endpoint gone there too."""
+    from amlft.backends.azure.endpoints import _mark_gone
+    from amlft.records import RunRecord
+
+    with contextlib.suppress(RecordError):
+        rec = RunRecord.load(run_id)
+        _mark_gone(rec, endpoint)
+        rec.event(f"endpoint {endpoint} deleted by `amlft teardown --stale`")
+
+
+def sweep_stale_endpoints(*, prof: Profile, older_than: str, dry_run: bool, rehearse: bool, faults: list[str],
+                          console: Console, now: _dt.datetime | None = None) -> dict[str, Any]:
+    """Delete (or with dry_run, list) the workspace's amlft-tagged endpoints older than `older_than`."""
     from amlft.backends.azure.endpoints import TAG_RUN
     from amlft.backends.azure.service import call
     from amlft.backends.azure.session import connect
-    from amlft.config import Profile
 
     limit_s = parse_age(older_than)
     if faults and not rehearse:
         raise ConfigError("--fault only works with --rehearse.", hint="Add --rehearse.")
-    prof = Profile.from_yaml(profile, overrides=overrides) if profile else \
-        Profile.from_dict({"backend": "azure"}, source="defaults", overrides=overrides)
     sess = connect(prof, rehearse=rehearse, faults=faults, console=console)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     deleted: list[str] = []
@@ -74,6 +74,7 @@ def sweep_stale_endpoints(*, profile: str | None, overrides: list[str], older_th
             call(f"Deleting endpoint {ep.name}", lambda n=ep.name: sess.ws.online_endpoints.begin_delete(name=n).result(),
                  idempotent=True)
             console.info(f"deleted endpoint {what}")
+            _forget_in_record(str(tags[TAG_RUN]), ep.name)
         deleted.append(ep.name)
     verb = "would delete" if dry_run else "deleted"
     console.info(f"stale sweep (older than {older_than}): {verb} {len(deleted)}, kept {len(kept)} recent, "

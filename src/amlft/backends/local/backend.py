@@ -30,6 +30,7 @@ from amlft.backends.base import EndpointInfo, StepContext
 from amlft.backends.local import processes
 from amlft.errors import (
     ConfigError,
+    JobCanceled,
     RecordError,
     TrainingError,
     WaitTimeout,
@@ -276,6 +277,8 @@ class LocalBackend:
         state, result = self._training_state(ctx)
         if state == "none":
             raise RecordError("This run has not started training.", hint="Run `amlft submit` first.")
+        if state in ("dead", "failed") and self._stopped_by_teardown(ctx):
+            raise self._canceled(ctx)
         if state == "dead":
             ctx.console.warn("the training process is gone without finishing (killed or crashed): "
                              "resuming from its last checkpoint")
@@ -320,19 +323,38 @@ class LocalBackend:
                 state, result = self._training_state(ctx)
                 if state == "completed":
                     return result or {}
+                if state in ("failed", "dead") and self._stopped_by_teardown(ctx):
+                    raise self._canceled(ctx)
                 if state in ("failed", "dead"):
                     last_ckpt = self._last_checkpoint_name(ctx)
                     rec.update_resource(TRAIN_PROCESS, f"train-{rec.run_id}", state="exited")
                     err = (result or {}).get("error") or "the training process exited without a result"
+                    # the cause and the fix first; the log tail after them (exit code 3, as a failed Azure job)
                     raise TrainingError(
-                        f"Local training failed: {err}\n--- last lines of {log_path} ---\n{log_tail(log_path)}",
+                        f"Local training failed: {err}",
                         hint=(result or {}).get("hint") or (
                             f"Fix the cause, then `amlft submit --run {rec.run_id}` (or `amlft wait`) resumes from "
-                            + (f"{last_ckpt}." if last_ckpt else "the start (no checkpoint yet).")))
+                            + (f"{last_ckpt}." if last_ckpt else "the start (no checkpoint yet).")),
+                        details=f"--- last lines of {log_path} ---\n{log_tail(log_path)}")
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise WaitTimeout(f"Training still running after {timeout:.0f}s (pid {pid}).",
                                       hint=f"It keeps running: `amlft wait --run {rec.run_id}` follows it again.")
                 time.sleep(0.5)
+
+    def _stopped_by_teardown(self, ctx: StepContext) -> bool:
+        """Whether a teardown (perhaps from another terminal) stopped this run's training."""
+        rec = ctx.record
+        with contextlib.suppress(RecordError):
+            rec.reload()
+        return any(r["name"] == f"train-{rec.run_id}" and r.get("state") in ("stopping", "deleted")
+                   and r.get("stopped_by") == "teardown" for r in rec.resources(TRAIN_PROCESS))
+
+    def _canceled(self, ctx: StepContext) -> JobCanceled:
+        rid = ctx.record.run_id
+        last = self._last_checkpoint_name(ctx)
+        return JobCanceled(f"Training of run {rid} was stopped by `amlft teardown` before it finished.",
+                           hint=f"`amlft submit --run {rid}` resumes it from "
+                                + (f"{last}." if last else "the start (no checkpoint yet)."))
 
     @staticmethod
     def _status(history: list[dict[str, Any]], window: int = 10) -> str:
@@ -437,7 +459,9 @@ class LocalBackend:
             return done
         model_dir = rec.output("register").get("model_dir") or rec.output("train").get("merged_dir")
         if not model_dir or not Path(model_dir).exists():
-            raise RecordError("This run has no model to deploy.", hint="Run `amlft register` first.")
+            raise RecordError(f"Run {rec.run_id} has no trained model to serve yet.",
+                              hint=f"Finish training first: `amlft wait --run {rec.run_id}` (the local deploy serves the "
+                                   "trained model; `amlft register` is optional here).")
         key = secrets.token_urlsafe(32)
         store_secret(rec.run_id, "endpoint_key", key, root=rec.root)
         name = model_slug(ep.name or f"amlft-{rec.run_id}")
@@ -465,15 +489,37 @@ class LocalBackend:
         return out
 
     def endpoint(self, ctx: StepContext) -> EndpointInfo:
-        d = ctx.record.output("deploy")
+        """The run's scoring server, only if its process runs and answers /health."""
+        rec = ctx.record
+        d = rec.output("deploy")
         if not d.get("scoring_uri"):
-            raise RecordError(f"Run {ctx.record.run_id} has no local endpoint.", hint="Run `amlft deploy` first.")
-        live = [r for r in ctx.record.resources(SERVER, live_only=True)]
+            raise RecordError(f"Run {rec.run_id} has no local endpoint.", hint=f"Run `amlft deploy --run {rec.run_id}`.")
+        live = rec.resources(SERVER, live_only=True)
+        redeploy = f"Deploy it again: amlft deploy --run {rec.run_id}"
         if not live:
-            raise RecordError(f"The local endpoint of run {ctx.record.run_id} was torn down.",
-                              hint=f"Deploy it again: amlft deploy --run {ctx.record.run_id}")
+            raise RecordError(f"The local endpoint of run {rec.run_id} was torn down.", hint=redeploy)
+        problem = self._server_problem(ctx, live[-1])
+        if problem:
+            raise RecordError(f"The local endpoint of run {rec.run_id} is not serving: {problem}.",
+                              hint=f"{redeploy}; or clean up with `amlft teardown --run {rec.run_id}`.")
         return EndpointInfo(scoring_uri=d["scoring_uri"], openai_base_url=d.get("openai_base_url"),
                             contract="azureml", name=d.get("endpoint_name", "local"))
+
+    @staticmethod
+    def _server_problem(ctx: StepContext, res: dict[str, Any]) -> str | None:
+        """None when the server runs and answers /health; else why not. A server whose process is
+        gone is marked deleted in the record, so nothing lists it as live again."""
+        from amlft.backends.local.server import MODULE, is_alive
+
+        pid = int(res["pid"])
+        if not process_running(pid, module=MODULE):
+            ctx.record.mark_deleted(SERVER, res["name"], exit="process gone")
+            return f"its server process (pid {pid}) is gone"
+        if res.get("port") is None:
+            return f"its server (pid {pid}) is still starting"
+        if not is_alive(pid, int(res["port"]), host=res.get("host", "127.0.0.1")):
+            return f"its server (pid {pid}) does not answer /health on port {res['port']}"
+        return None
 
     def endpoint_key(self, ctx: StepContext) -> str:
         key = load_secret(ctx.record.run_id, "endpoint_key", root=ctx.record.root)
@@ -493,6 +539,9 @@ class LocalBackend:
                 stopped.append(f"{SERVER}:{res['name']} (pid {res['pid']}, port {res['port']})")
             rec.mark_deleted(SERVER, res["name"])
         for res in rec.resources(TRAIN_PROCESS, live_only=True):
+            if process_running(int(res["pid"])):
+                # said before the kill, so a `wait` in another terminal reports "canceled", not "crashed"
+                rec.update_resource(TRAIN_PROCESS, res["name"], state="stopping", stopped_by="teardown")
             if kill_process(int(res["pid"])):
                 stopped.append(f"{TRAIN_PROCESS}:{res['name']} (pid {res['pid']})")
                 rec.event("training process stopped by teardown; `amlft submit` resumes it from its checkpoint")
@@ -516,19 +565,51 @@ class LocalBackend:
         return out
 
     def left_running(self, ctx: StepContext) -> list[str]:
-        from amlft.backends.local.server import is_alive
-
+        """Servers and training processes of this run that are alive now; the gone ones are
+        marked in the record (a server as deleted, a training process as exited)."""
+        rec = ctx.record
         left = []
-        for res in ctx.record.resources(SERVER, live_only=True):
-            if res.get("port") is None:  # recorded while starting; never became ready
-                if process_running(int(res["pid"]), module="amlft.backends.local.server"):
-                    left.append(f"local scoring server pid {res['pid']} (starting)")
-            elif is_alive(int(res["pid"]), int(res["port"]), host=res.get("host", "127.0.0.1")):
-                left.append(f"local scoring server pid {res['pid']} on port {res['port']}")
-        for res in ctx.record.resources(TRAIN_PROCESS, live_only=True):
+        for res in rec.resources(SERVER, live_only=True):
+            problem = self._server_problem(ctx, res)
+            where = f"local scoring server pid {res['pid']}" + (f" on port {res['port']}" if res.get("port") else "")
+            if problem is None:
+                left.append(where)
+            elif "gone" not in problem:
+                left.append(f"{where} ({problem.split(') ', 1)[-1]})")
+        for res in rec.resources(TRAIN_PROCESS, live_only=True):
             if process_running(int(res["pid"])):
                 left.append(f"local training pid {res['pid']}")
+            elif res.get("state") == "running":
+                rec.update_resource(TRAIN_PROCESS, res["name"], state="exited")
         return left
+
+    # -------------------------------------------------------------------- dry run
+    def dry_run(self, ctx: StepContext, *, export_path: str | None = None) -> dict[str, Any]:
+        """What `submit` would train, checked without training: hyper-parameters, model, data
+        (prepared and validated into the dry run's own folder) and this machine's resources."""
+        from amlft.backends.local.trainer import effective_hyperparameters
+        from amlft.data.step import prepare_run_data
+        from amlft.errors import PreflightError
+
+        if export_path:
+            raise ConfigError("--export writes an Azure ML job; the local backend has none to write.",
+                              hint="Drop --export, or dry-run the Azure profile (--backend azure).")
+        hp = effective_hyperparameters(ctx.profile.finetune)
+        if ctx.profile.local.max_steps:
+            hp["max_steps"] = ctx.profile.local.max_steps
+        _, label = self._base_model(ctx)
+        findings = self.check(ctx)
+        data = prepare_run_data(ctx)  # raises DataError, naming the file and row, on data that cannot train
+        rows = [{"severity": f.get("severity", "error"), "check": f.get("check"), "message": f["message"]}
+                for f in findings]
+        ctx.console.table(rows, title="Dry-run findings")
+        if any(f.get("severity", "error") == "error" for f in findings):
+            raise PreflightError(findings)
+        ctx.console.info(f"would fine-tune {label} on {data['train_file']} with "
+                         + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())))
+        ctx.console.info("dry run OK: nothing was trained (run `amlft submit` to start)")
+        return {"model": label, "hyperparameters": hp, "train_file": data["train_file"],
+                "test_file": data.get("test_file"), "counts": data.get("counts"), "findings": findings}
 
 
 __all__ = ["LocalBackend"]

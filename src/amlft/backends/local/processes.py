@@ -2,19 +2,19 @@
 
 Both outlive the command that started them, like an Azure job or endpoint, so they are
 found again by pid from the run record. Two traps this module exists to avoid:
-- a child that exited but was not reaped is a zombie, which still answers kill(pid, 0);
+- a child that exited but was not reaped is a zombie, which still "exists" to kill(pid, 0);
 - a recorded pid may have been reused by an unrelated process, which must never be signalled
-  (where /proc tells, we check the process really runs our module).
+  (we check, with psutil, that the process really runs our module).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import time
-from pathlib import Path
+
+import psutil
+
+__all__ = ["is_running", "runs_module", "terminate", "track"]
 
 # Children this process started: polling them reaps them once they exit.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -26,14 +26,13 @@ def track(proc: subprocess.Popen[bytes]) -> None:
 
 
 def runs_module(pid: int, module: str) -> bool:
-    """Whether pid runs `python -m module` (True where there is no procfs, e.g. macOS: trust the record)."""
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.parent.exists():
-        return True
+    """Whether pid runs `python -m module` (True when the OS will not tell us: trust the record)."""
     try:
-        return module.encode() in cmdline.read_bytes()
-    except OSError:
+        return module in psutil.Process(pid).cmdline()
+    except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True
 
 
 def is_running(pid: int | None, *, module: str | None = None) -> bool:
@@ -45,14 +44,12 @@ def is_running(pid: int | None, *, module: str | None = None) -> bool:
         del _CHILDREN[pid]
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
     return module is None or runs_module(pid, module)
 
 
@@ -63,15 +60,20 @@ def terminate(pid: int, *, module: str, timeout_s: float = 10.0) -> bool:
     """
     if not is_running(pid, module=module):
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+    except psutil.NoSuchProcess:
+        return True
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not is_running(pid):
             return True
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    try:
+        proc.kill()
+    except psutil.NoSuchProcess:
+        return True
     for _ in range(100):
         if not is_running(pid):
             break
