@@ -639,10 +639,12 @@ def bind(host: str, port: int) -> socket.socket:
 class InProcessServer:
     """The server in a background thread of this process (tests, benchmarks): `.url`, `.close()`."""
 
-    def __init__(self, engine: GenerationEngine, key: str, settings: Settings | None = None,
+    def __init__(self, engine: GenerationEngine | None, key: str, settings: Settings | None = None,
                  host: str = "127.0.0.1") -> None:
+        """engine None: serving as while the model loads (/ready 503) until `state.engine` is set."""
         self.settings = settings or Settings()
-        self.state = State(key=key.encode(), settings=self.settings, engine=engine, model_name=engine.model_name)
+        self.state = State(key=key.encode(), settings=self.settings, engine=engine,
+                           model_name=engine.model_name if engine is not None else None)
         self.server = uvicorn_server(create_app(self.state), self.settings)
         sock = bind(host, 0)
         self.port = int(sock.getsockname()[1])
