@@ -55,6 +55,18 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": r["prompt"]}] for r in rows[:n]]
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process and its children (mlflow serves from a child)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    except psutil.Error:
+        return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,12 +219,17 @@ class Fleet:
             servers[name] = amlft_sender(handle)
         return servers
 
-    def stats(self, name: str) -> dict[str, int]:
-        """Batching counters of an amlft server (zeros for mlflow, which has none)."""
-        if name not in self.handles:
-            return {"batched_rows": 0, "batches": 0}
-        port = self.handles[name][1].port
-        return dict(requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["stats"])
+    def stats(self, name: str) -> dict[str, float]:
+        """Batching counters of an amlft server (zeros for mlflow, which has none), and the CPU
+        seconds the server's processes have used: on a shared machine, CPU per request is the
+        comparison that the other jobs' load disturbs least."""
+        out: dict[str, float] = {"batched_rows": 0, "batches": 0}
+        pid = self.mlflow_proc.pid if self.mlflow_proc is not None else None
+        if name in self.handles:
+            port, pid = self.handles[name][1].port, self.handles[name][1].pid
+            out.update(requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["stats"])
+        out["cpu_s"] = cpu_seconds(pid) if pid else 0.0
+        return out
 
     def stop(self) -> None:
         for module, handle in self.handles.values():
@@ -238,7 +255,7 @@ def measure(fleet: Fleet, chats: list[list[dict[str, str]]]) -> tuple[dict[str, 
     print(f"identical greedy outputs on {same}/4 warm-up prompts across {', '.join(outputs)}", file=sys.stderr)
     # Cells are interleaved (every server at one concurrency, then again, ...) so that a change in
     # the machine's load during the run (it may be shared) hits all servers alike.
-    raw: dict[tuple[str, int], tuple[list[float], float, int, int]] = {}
+    raw: dict[tuple[str, int], tuple[list[float], float, float, float, float]] = {}
     for c in args.concurrency:
         for rnd in range(args.rounds):
             for name, send in servers.items():
@@ -246,13 +263,15 @@ def measure(fleet: Fleet, chats: list[list[dict[str, str]]]) -> tuple[dict[str, 
                 before = fleet.stats(name)
                 lat, wall = run_load(send, chats, c, args.requests // args.rounds)
                 after = fleet.stats(name)
-                prev = raw.get((name, c), ([], 0.0, 0, 0))
+                prev = raw.get((name, c), ([], 0.0, 0, 0, 0.0))
                 raw[(name, c)] = (prev[0] + lat, prev[1] + wall,
                                   prev[2] + after["batched_rows"] - before["batched_rows"],
-                                  prev[3] + after["batches"] - before["batches"])
+                                  prev[3] + after["batches"] - before["batches"],
+                                  prev[4] + after["cpu_s"] - before["cpu_s"])
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for (name, c), (lat, wall, rows, batches) in raw.items():
+    for (name, c), (lat, wall, rows, batches, cpu) in raw.items():
         results.setdefault(name, {})[c] = summarize(lat, wall)
+        results[name][c]["cpu_ms_per_req"] = cpu * 1000 / max(1, len(lat))
         if name in fleet.handles:
             results[name][c]["mean_batch"] = rows / max(1, batches)
     return results, same
@@ -262,11 +281,12 @@ def report(args: argparse.Namespace, model_dir: Path, results: dict[str, dict[in
            same: int) -> None:
     print(f"\nmodel {model_dir} | max_tokens {args.max_tokens} | {args.requests} requests per cell | "
           f"torch threads {args.threads} | {os.cpu_count()} CPUs | load avg {os.getloadavg()[0]:.1f}")
-    print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'mean batch':>12}")
+    print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'mean batch':>12}{'CPU ms/req':>12}")
     for name, by_c in results.items():
         for c, r in by_c.items():
             batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-"
-            print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}")
+            print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}"
+                  f"{r['cpu_ms_per_req']:>12.1f}")
     top, new, ratios = max(args.concurrency), NAMES["amlft"], {}
     for peer, label in ((NAMES["mlflow"], "target >= 2x"), (NAMES["legacy"], "new server vs old: keep or beat")):
         if new in results and peer in results:
