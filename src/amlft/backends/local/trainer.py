@@ -35,6 +35,7 @@ from typing import Any
 
 from amlft.backends.local.chat import IGNORE_INDEX, encode_conversation, encode_prompt, read_conversations
 from amlft.errors import ConfigError, TrainingError
+from amlft.model_refs import hub_offline
 
 # Azure component inputs that only make sense on Azure; accepted and ignored here.
 AZURE_ONLY = {"apply_lora", "apply_deepspeed", "apply_ort", "deepspeed_stage", "precision", "num_nodes_finetune",
@@ -165,16 +166,18 @@ def pick_device(requested: str) -> tuple[str, Any]:
     return "cpu", torch.float32
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def load_tokenizer_and_model(model_ref: str, *, dtype: Any, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load from a local folder or a hub id; without network a hub id fails with what to do."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw = {"trust_remote_code": trust_remote_code, "local_files_only": hub_offline()}
+    from amlft.model_refs import check_hub_model, looks_like_folder, require_folder
+
+    try:
+        where = (str(require_folder(model_ref, what="model folder")) if looks_like_folder(model_ref)
+                 else check_hub_model(model_ref))
+    except ConfigError as exc:
+        raise TrainingError(exc.message, hint=exc.hint) from exc
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": where == "cache" or hub_offline()}
     try:
         tok = AutoTokenizer.from_pretrained(model_ref, **kw)
         model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype, **kw)
