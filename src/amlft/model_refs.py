@@ -62,7 +62,12 @@ def check_hub_model(ref: str, *, what: str = "model.hub_id", filename: str = PRO
                           hint="Unset HF_HUB_OFFLINE (with network access) or fill the cache first (hf download); "
                                f"offline, {OFFLINE_CHOICES}.")
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     try:
