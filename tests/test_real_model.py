@@ -253,3 +253,46 @@ def test_served_request_cannot_forge_a_role(smollm2_dir: Path, smollm2_tokenizer
         httpd.shutdown()
         httpd.server_close()
         engine.close(1.0)
+
+
+# ------------------------------------------------------------------ the whole lifecycle on the real model
+@needs_smollm2
+@pytest.mark.slow
+def test_smollm2_profile_end_to_end_learns_without_forgetting(smollm2_state: Path, smollm2_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """`amlft run --profile jobs/local-smollm2.yml` with a small step budget, from the CLI: held-out loss
+    drops, the base model's general answer survives, and the publish card names the Hub base model."""
+    import json
+    import os
+    import subprocess
+
+    home = Path(os.environ["AMLFT_HOME"])
+    (home / "models" / "gguf").mkdir(parents=True)
+    (home / "models" / "gguf" / smollm2_dir.name).symlink_to(smollm2_dir)  # the session's conversion, reused
+
+    def amlft(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "amlft.cli.main", *args], capture_output=True, text=True,
+                              timeout=1500, cwd=Path(__file__).resolve().parents[1])
+
+    run = amlft("run", "--profile", "jobs/local-smollm2.yml", "--set", "local.max_steps=6",
+                "--set", "local.eval_prompts=4", "--set", "local.save_steps=100")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "converted earlier" in run.stdout + run.stderr  # the cached conversion, not a second one
+    record = json.loads(max((home / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+    ev = record["outputs"]["eval"]
+    assert ev["loss_after"] < ev["loss_before"]  # it learned the held-out task's answers
+    general = next(r for r in ev["rows"] if r["metric"].startswith("general questions"))
+    assert general["before"] is not None and general["after"] is not None
+    result = json.loads((Path(record["outputs"]["train"]["merged_dir"]).parent / "result.json").read_text())
+    france = next(a for a in result["after"]["general"]["answers"] if "France" in a["prompt"])
+    assert "Paris" in france["answer"], france
+    assert record["outputs"]["train"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert record["outputs"]["invoke"]["response"].strip()  # the served fine-tuned model answered
+    assert record["outputs"]["teardown"]["stopped"]  # and its server was stopped
+
+    pub = amlft("publish", "--run", record["run_id"], "--repo-id", "alice/smollm2-classify", "--dry-run",
+                "--out", str(tmp_path / "card"))
+    assert pub.returncode == 0, pub.stdout[-2000:] + pub.stderr[-2000:]
+    card = (tmp_path / "card" / "model" / "README.md")
+    card = card if card.exists() else next((tmp_path / "card").rglob("README.md"))
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card.read_text()

@@ -425,6 +425,12 @@ def _as_rng_state(value: Any) -> Any:
     return tuple(_as_rng_state(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+def lora_targets(value: str) -> str | list[str]:
+    """`all-linear` (peft's shorthand) or a comma-separated list of module names, e.g. `q_proj,v_proj`."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    return names[0] if names == ["all-linear"] else names
+
+
 # ------------------------------------------------------------------------ the run
 def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) one fine-tune; returns the result written to result.json."""
@@ -474,7 +480,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
 
     # LoRA, batch plan, optimizer; then resume where a killed run stopped
     model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+                                             target_modules=lora_targets(cfg.lora_target_modules),
+                                             task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
     trainable, total_params = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     plan, total_steps = plan_for_steps([len(ids) for ids, _ in examples], cfg)
