@@ -296,3 +296,47 @@ def test_smollm2_profile_end_to_end_learns_without_forgetting(smollm2_state: Pat
     card = (tmp_path / "card" / "model" / "README.md")
     card = card if card.exists() else next((tmp_path / "card").rglob("README.md"))
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card.read_text()
+
+
+def _ctx(*overrides: str):
+    from amlft.backends.base import StepContext
+    from amlft.config import Profile
+    from amlft.console import Console
+    from amlft.records import RunRecord
+
+    prof = Profile.from_yaml(Path(__file__).resolve().parents[1] / "jobs" / "local-smollm2.yml", overrides=list(overrides))
+    rec = RunRecord.create(backend="local", profile=prof.to_dict(), profile_path=None)
+    return StepContext(profile=prof, record=rec, console=Console(quiet=True))
+
+
+@needs_smollm2
+def test_model_sources_resolve_to_the_same_cached_conversion(tmp_path: Path) -> None:
+    from amlft.backends.local.backend import LocalBackend
+    from amlft.backends.local.model_sources import locate_shipped
+
+    gguf = locate_shipped(SMOLLM2)
+    folder = tmp_path / "folder-with-one-gguf"
+    folder.mkdir()
+    (folder / "model.gguf").symlink_to(gguf)
+    backend = LocalBackend()
+    by_name, label = backend._base_model(_ctx())
+    assert label == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    by_file, file_label = backend._base_model(_ctx("model.source=", f"model.gguf={gguf}"))
+    by_folder, _ = backend._base_model(_ctx("model.source=", f"model.path={folder}"))
+    assert by_name == by_file == by_folder and "/models/gguf/" in by_name  # one content hash, one folder
+    assert file_label == gguf.name
+    _, hub_label = backend._base_model(_ctx("model.source=", f"model.gguf={gguf}",
+                                            "model.hub_id=HuggingFaceTB/SmolLM2-135M-Instruct"))
+    assert hub_label == "HuggingFaceTB/SmolLM2-135M-Instruct"  # hub_id beside gguf names the base model
+
+
+def test_one_model_source_at_a_time_and_missing_paths_are_named(tmp_path: Path) -> None:
+    from amlft.backends.local.backend import LocalBackend
+
+    backend = LocalBackend()
+    with pytest.raises(ConfigError, match=r"model\.build and model\.source"):
+        backend._base_model(_ctx("model.build=tiny"))
+    with pytest.raises(ConfigError, match="file not found"):
+        backend._base_model(_ctx("model.source=", f"model.gguf={tmp_path / 'nope.gguf'}"))
+    with pytest.raises(ConfigError, match="folder not found"):
+        backend._base_model(_ctx("model.source=", f"model.path={tmp_path / 'nope'}"))
