@@ -86,8 +86,9 @@ def test_rehearsed_run_completes_every_step_and_leaves_nothing(home, capsys):
 
 FAULTS = {
     # fault: (exit code, what the output must say)
-    "throttle": (0, ["left running: none"]),
-    "server_error": (0, ["left running: none"]),
+    # azure-core's retry policy retries, and every retry is on the console (issue 10.7)
+    "throttle": (0, ["left running: none", "retry 2/5: GET", "answered 429; waiting 1.0s (Retry-After)"]),
+    "server_error": (0, ["left running: none", "retry 2/5: GET", "answered 500; waiting"]),
     "model_retired": (1, ["is archived (fine-tuning retired on 2025-08-30)", "--set model.name=Phi-3.5-mini-instruct",
                           "nothing billable was started"]),
     "cluster_failed": (1, ["Cluster gpu-a100 is in provisioning state Failed", "nothing billable was started"]),

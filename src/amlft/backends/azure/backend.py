@@ -45,7 +45,7 @@ class AzureBackend:
         sess = _session(ctx)
         who = "rehearsal identity" if ctx.rehearse else identity_of(sess.credential)
         ws = call(f"Reading workspace {sess.workspace_name}", sess.ws.workspaces.get, sess.workspace_name,
-                  idempotent=True, hint="Check the workspace coordinates (`amlft auth` says where each came from).")
+                  hint="Check the workspace coordinates (`amlft auth` says where each came from).")
         out = {"identity": who, "credential": sess.credential_desc, "subscription_id": sess.subscription_id,
                "resource_group": sess.resource_group, "workspace": sess.workspace_name,
                "location": getattr(ws, "location", None), "registry": sess.registry_name,
@@ -113,7 +113,7 @@ class AzureBackend:
             version = file_sha256(path)[:16]
             ref = f"azureml:{name}:{version}"
             try:
-                call(f"Looking up data asset {name}:{version}", sess.ws.data.get, name, version=version, idempotent=True)
+                call(f"Looking up data asset {name}:{version}", sess.ws.data.get, name, version=version)
                 ctx.console.info(f"{split}: {ref} already uploaded (same content)")
             except ServiceError as exc:
                 if exc.status != 404:
@@ -149,7 +149,7 @@ class AzureBackend:
         sess = _session(ctx)
         prior = rec.output("submit").get("job_name")
         if prior:
-            job = call(f"Reading job {prior}", sess.ws.jobs.get, prior, idempotent=True)
+            job = call(f"Reading job {prior}", sess.ws.jobs.get, prior)
             if enum_text(job.status) not in ("Failed", "Canceled", "NotResponding"):
                 ctx.console.info(f"job {prior} already submitted ({job.status}); not submitting again")
                 return rec.output("submit")
@@ -292,8 +292,7 @@ class AzureBackend:
     def endpoint_key(self, ctx: StepContext) -> str:
         info = self.endpoint(ctx)
         sess = _session(ctx)
-        keys = call(f"Reading the keys of endpoint {info.name}", sess.ws.online_endpoints.get_keys, info.name,
-                    idempotent=True)
+        keys = call(f"Reading the keys of endpoint {info.name}", sess.ws.online_endpoints.get_keys, info.name)
         return str(keys.primary_key)
 
     # ------------------------------------------------------------------ teardown
@@ -314,7 +313,7 @@ class AzureBackend:
         for r in models:
             name, _, version = r["name"].rpartition(":")
             try:
-                call(f"Archiving model {r['name']}", sess.ws.models.archive, name=name, version=version, idempotent=True)
+                call(f"Archiving model {r['name']}", sess.ws.models.archive, name=name, version=version)
                 done["models"][r["name"]] = "archived"
             except ServiceError as exc:
                 if exc.status != 404:
@@ -327,7 +326,7 @@ class AzureBackend:
     def _cancel_job(self, sess: Any, ctx: StepContext, name: str) -> str:
         rec = ctx.record
         try:
-            job = call(f"Reading job {name}", sess.ws.jobs.get, name, idempotent=True)
+            job = call(f"Reading job {name}", sess.ws.jobs.get, name)
         except ServiceError as exc:
             if exc.status == 404:
                 rec.update_resource(JOB_KIND, name, state="deleted", billable=False)
@@ -337,7 +336,7 @@ class AzureBackend:
         if status in TERMINAL:
             rec.update_resource(JOB_KIND, name, state=status.lower(), billable=False)
             return status
-        call(f"Canceling job {name}", lambda: sess.ws.jobs.begin_cancel(name).result(), idempotent=True)
+        call(f"Canceling job {name}", lambda: sess.ws.jobs.begin_cancel(name).result())
         rec.update_resource(JOB_KIND, name, state="canceled", billable=False)
         ctx.console.info(f"canceled job {name} (its compute stops billing)")
         return "canceled"
@@ -361,7 +360,7 @@ class AzureBackend:
                 if any(x["name"] == ep for x in rec.resources(endpoints.EP_KIND, live_only=True)):
                     out.append(f"deployment {r['name']}")
             elif r["kind"] == JOB_KIND:
-                job = call(f"Reading job {r['name']}", sess.ws.jobs.get, r["name"], idempotent=True)
+                job = call(f"Reading job {r['name']}", sess.ws.jobs.get, r["name"])
                 if enum_text(job.status) in TERMINAL:
                     rec.update_resource(JOB_KIND, r["name"], state=enum_text(job.status).lower(), billable=False)
                 else:

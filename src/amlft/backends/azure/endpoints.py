@@ -51,7 +51,7 @@ def wait_endpoint(sess: AzureSession, name: str, *, timeout_s: float = 3600) -> 
     """Poll the endpoint until it is provisioned (the submitting process's poller is long gone)."""
     started = time.monotonic()
     while True:
-        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name, idempotent=True)
+        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name)
         raw = getattr(ep, "provisioning_state", "") or ""
         state = str(getattr(raw, "value", raw))
         if state.lower() == "succeeded":
@@ -111,7 +111,7 @@ def deploy(sess: AzureSession, record: RunRecord, prof: Profile, *, endpoint_nam
     record.update_resource(DEP_KIND, dep_key, state="created")
     ep.traffic = {e.deployment_name: 100}
     call(f"Routing traffic on {endpoint_name}", lambda: sess.ws.online_endpoints.begin_create_or_update(ep).result())
-    ep = call(f"Reading endpoint {endpoint_name}", sess.ws.online_endpoints.get, endpoint_name, idempotent=True)
+    ep = call(f"Reading endpoint {endpoint_name}", sess.ws.online_endpoints.get, endpoint_name)
     console.info(f"endpoint {endpoint_name} serves {e.deployment_name} (100% traffic): {ep.scoring_uri}")
     return {"endpoint_name": endpoint_name, "deployment_name": e.deployment_name, "scoring_uri": ep.scoring_uri,
             "openai_base_url": None, "contract": "azureml"}
@@ -138,7 +138,7 @@ def deployment_logs(sess: AzureSession, endpoint_name: str, deployment_name: str
 def delete_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console: Console) -> str:
     """Delete the run's endpoint (and so its deployments). Idempotent; never deletes someone else's."""
     try:
-        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name, idempotent=True)
+        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name)
     except ServiceError as exc:
         if exc.status == 404:
             _mark_gone(record, name)
@@ -149,8 +149,7 @@ def delete_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console
         console.warn(f"endpoint {name} belongs to someone else (tag {TAG_RUN}={(ep.tags or {}).get(TAG_RUN)}); left alone")
         return "not ours"
     try:
-        call(f"Deleting endpoint {name}", lambda: sess.ws.online_endpoints.begin_delete(name=name).result(),
-             idempotent=True)
+        call(f"Deleting endpoint {name}", lambda: sess.ws.online_endpoints.begin_delete(name=name).result())
     except ServiceError as exc:
         if exc.status != 404:
             raise

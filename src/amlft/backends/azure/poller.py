@@ -28,7 +28,7 @@ def _fmt_elapsed(seconds: float) -> str:
 
 def list_steps(sess: AzureSession, parent: str, *, depth: int = 0) -> list[Any]:
     """Child jobs, depth-first: the registry pipeline component is itself a pipeline of steps."""
-    kids = list(call(f"Listing the steps of job {parent}", sess.ws.jobs.list, parent_job_name=parent, idempotent=True))
+    kids = list(call(f"Listing the steps of job {parent}", sess.ws.jobs.list, parent_job_name=parent))
     out: list[Any] = []
     for k in kids:
         out.append(k)
@@ -46,7 +46,7 @@ def step_error_and_log(sess: AzureSession, step_name: str, *, lines: int = LOG_T
     import requests
 
     details = call(f"Reading the details of step {step_name}", sess.ws.jobs._runs_operations.get_run_details,
-                   step_name, idempotent=True)
+                   step_name)
     err = None
     e = getattr(details, "error", None)
     inner = getattr(e, "error", None) if e is not None else None
@@ -76,7 +76,7 @@ def wait_for_job(sess: AzureSession, job_name: str, *, console: Console, timeout
     try:
         with console.progress(f"fine-tune {job_name}", total=None, unit="steps") as bar:
             while True:
-                job = call(f"Reading job {job_name}", sess.ws.jobs.get, job_name, idempotent=True)
+                job = call(f"Reading job {job_name}", sess.ws.jobs.get, job_name)
                 status = enum_text(job.status)
                 elapsed = time.monotonic() - started
                 steps = list_steps(sess, job_name)

@@ -46,9 +46,9 @@ def get_model(sess: AzureSession, prof: Profile) -> Any:
     m = prof.model
     if m.version:
         return call(f"Reading model {m.name}:{m.version} from registry {sess.registry_name}",
-                    sess.reg.models.get, m.name, version=str(m.version), idempotent=True)
+                    sess.reg.models.get, m.name, version=str(m.version))
     return call(f"Reading model {m.name}@{m.label or 'latest'} from registry {sess.registry_name}",
-                sess.reg.models.get, m.name, label=m.label or "latest", idempotent=True)
+                sess.reg.models.get, m.name, label=m.label or "latest")
 
 
 def retirement(model: Any, *, today: _dt.date | None = None) -> str | None:
@@ -131,9 +131,9 @@ def get_component(sess: AzureSession, prof: Profile) -> Any:
     p = prof.pipeline
     if p.version:
         return call(f"Reading component {p.component}:{p.version}", sess.reg.components.get,
-                    p.component, version=p.version, idempotent=True)
+                    p.component, version=p.version)
     return call(f"Reading component {p.component}@{p.label or 'latest'}", sess.reg.components.get,
-                p.component, label=p.label or "latest", idempotent=True)
+                p.component, label=p.label or "latest")
 
 
 def endpoint_name(ctx_record_run_id: str, prof: Profile) -> str:
@@ -214,7 +214,7 @@ def run_checks(sess: AzureSession, prof: Profile, *, run_id: str) -> tuple[list[
                            "Set compute.cluster to an Azure ML compute cluster (AmlCompute) name."))
     else:
         try:
-            compute = call(f"Reading compute cluster {cluster}", sess.ws.compute.get, cluster, idempotent=True)
+            compute = call(f"Reading compute cluster {cluster}", sess.ws.compute.get, cluster)
         except AmlftError as exc:
             if getattr(exc, "status", None) == 404 or is_not_found(exc):
                 sku = prof.compute.instance_type or "Standard_NC24ads_A100_v4"
@@ -256,7 +256,7 @@ def run_checks(sess: AzureSession, prof: Profile, *, run_id: str) -> tuple[list[
                                "Use a cluster of an allowed size: " + ", ".join(allow or skus.known_gpu_skus()[:6])))
 
     # GPUs per node + quota -----------------------------------------------------------
-    sizes = guard("gpus", "", lambda: list(call("Listing VM sizes", sess.ws.compute.list_sizes, idempotent=True)))
+    sizes = guard("gpus", "", lambda: list(call("Listing VM sizes", sess.ws.compute.list_sizes)))
     if facts.cluster_sku:
         size = next((s for s in sizes or [] if str(s.name).lower() == skus.normalize(facts.cluster_sku).lower()), None)
         if sizes is not None and size is None:
@@ -320,7 +320,7 @@ def quota_findings(sess: AzureSession, size: Any, *, nodes: int, what: str) -> l
     if not family or not vcpus:
         return []
     try:
-        usages = list(call("Listing quota usage", sess.ws.compute.list_usage, idempotent=True))
+        usages = list(call("Listing quota usage", sess.ws.compute.list_usage))
     except AmlftError as exc:
         return [finding("info", "quota", f"Quota not checked: {exc.message}", "")]
     need = vcpus * nodes
