@@ -31,6 +31,8 @@ FAULTS = (
     "cluster_failed",
     "sku_not_allowed",
     "finetune_step_fails",
+    "job_not_responding",
+    "quota_exceeded",
     "deployment_quota",
     "container_crash",
     "endpoint_name_taken",

@@ -189,7 +189,7 @@ class FakeHub:
         if self._server is None:
             raise RuntimeError("FakeHub is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # ------------------------------------------------------------------ setup helpers
     def add_token(self, token: str, *, user: str, role: str = "write", orgs: tuple[str, ...] = ()) -> None:
@@ -558,7 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --------------------------------------------------------------- plumbing
     def _body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -636,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
                               content_type="application/vnd.git-lfs+json")
         m = _LFS_PUT.match(path)
         if m and method == "PUT" and not m.group(2):
-            hub.lfs_put(m.group(1), (query.get("sig") or [None])[0], body)
+            hub.lfs_put(m.group(1), (query.get("sig") or [""])[0], body)
             return self._send(200, raw=b"", headers={"ETag": f'"{m.group(1)}"'})
         if m and method == "POST" and m.group(2):
             return self._send(200, hub.lfs_verify(who, m.group(1), json.loads(body or b"{}")))

@@ -32,7 +32,8 @@ def register(router: Router) -> None:
 
 
 def _retired(st: dict[str, Any], name: str) -> bool:
-    return "model_retired" in st["faults"] and name == "Phi-3-mini-4k-instruct"
+    """The `model_retired` fault retires the flagship too (Phi-3-mini is archived in the seed itself)."""
+    return "model_retired" in st["faults"] and name == seed.FLAGSHIP_MODEL
 
 
 def _versions_sorted(versions: dict[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.backends.azure import endpoints, names, pipeline, skus
+from amlft.backends.azure.job_status import is_terminal
 from amlft.backends.azure.service import call, enum_text
 from amlft.backends.base import EndpointInfo, StepContext
 from amlft.errors import ConfigError, JobCanceled, JobFailed, PreflightError, RecordError, ServiceError
@@ -22,7 +23,6 @@ from amlft.hashing import file_sha256
 JOB_KIND = "azureml.job"
 MODEL_KIND = "azureml.model"
 DATA_KIND = "azureml.data"
-TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 
 
 def _session(ctx: StepContext) -> Any:
@@ -150,7 +150,7 @@ class AzureBackend:
         prior = rec.output("submit").get("job_name")
         if prior:
             job = call(f"Reading job {prior}", sess.ws.jobs.get, prior)
-            if enum_text(job.status) not in ("Failed", "Canceled", "NotResponding"):
+            if enum_text(job.status) not in ("Failed", "Canceled"):
                 ctx.console.info(f"job {prior} already submitted ({job.status}); not submitting again")
                 return rec.output("submit")
             ctx.console.info(f"previous job {prior} ended {job.status}; submitting a new one")
@@ -217,7 +217,8 @@ class AzureBackend:
         sess = _session(ctx)
         resume = f"amlft wait --run {rec.run_id}"
         try:
-            out = wait_for_job(sess, job_name, console=ctx.console, timeout=timeout, run_id=rec.run_id,
+            out = wait_for_job(sess, job_name, console=ctx.console, timeout=timeout,
+                               stalled_timeout=ctx.profile.pipeline.stalled_timeout_s, run_id=rec.run_id,
                                resume_hint=resume, cancel_hint=self._cancel_hint(ctx, job_name))
         except (JobFailed, JobCanceled) as exc:
             status = "Canceled" if isinstance(exc, JobCanceled) else "Failed"
@@ -333,7 +334,7 @@ class AzureBackend:
                 return "not found"
             raise
         status = enum_text(job.status)
-        if status in TERMINAL:
+        if is_terminal(status):
             rec.update_resource(JOB_KIND, name, state=status.lower(), billable=False)
             return status
         call(f"Canceling job {name}", lambda: sess.ws.jobs.begin_cancel(name).result())
@@ -361,7 +362,7 @@ class AzureBackend:
                     out.append(f"deployment {r['name']}")
             elif r["kind"] == JOB_KIND:
                 job = call(f"Reading job {r['name']}", sess.ws.jobs.get, r["name"])
-                if enum_text(job.status) in TERMINAL:
+                if is_terminal(enum_text(job.status)):
                     rec.update_resource(JOB_KIND, r["name"], state=enum_text(job.status).lower(), billable=False)
                 else:
                     out.append(f"job {r['name']} ({job.status})")
@@ -396,10 +397,6 @@ class AzureBackend:
             why = names.name_problem(n, what=what)
             if why:
                 problems.append(finding("error", "names", why, "3-32 letters, digits or '-', starting with a letter."))
-        if prof.pipeline.validate_data_step:
-            from amlft.backends.azure.preflight import validate_step_notice
-
-            problems.append(validate_step_notice())
         notes.append("offline: model allow-lists, model_specific_defaults, cluster state and quota are checked by "
                      "`amlft check` (needs the workspace)")
         files = self._dry_run_files(ctx, notes)

@@ -251,7 +251,7 @@ def build_pipeline_job(component: Any, spec: JobSpec) -> Any:
     file_inputs = {k: Input(type="uri_file", path=v) for k, v in spec.files.items()}
     model_input = Input(type="mlflow_model", path=spec.model_path)
 
-    @dsl.pipeline(name="amlft_chat_completion", description="amlft fine-tune of " + spec.model_path)
+    @dsl.pipeline(None, name="amlft_chat_completion", description="amlft fine-tune of " + spec.model_path)
     def chat_finetune() -> dict[str, Any]:
         step = component(mlflow_model_path=model_input, **file_inputs, **spec.scalar_inputs())
         return {"trained_model": step.outputs.mlflow_model_folder}
@@ -265,8 +265,12 @@ def build_pipeline_job(component: Any, spec: JobSpec) -> Any:
             raise ConfigError(f"The pipeline job does not fit the component: {exc}",
                               hint="Fix the finetune: keys named above (`amlft check` lists the component's inputs).") from exc
         raise
-    job.settings.force_rerun = True
-    job.settings.continue_on_step_failure = False
+    from azure.ai.ml.entities import PipelineJobSettings
+
+    settings = job.settings or PipelineJobSettings()
+    settings.force_rerun = True
+    settings.continue_on_step_failure = False
+    job.settings = settings
     job.display_name = spec.display_name
     job.experiment_name = spec.experiment
     job.tags = dict(spec.tags)

@@ -20,7 +20,7 @@ from amlft.errors import AmlftError
 
 # Chat models in the azureml registry that fine-tune with chat_completion_pipeline;
 # offered (when they exist) instead of a retired model.
-SUCCESSORS = ("Phi-3.5-mini-instruct", "Phi-4-mini-instruct", "Phi-4", "Meta-Llama-3.1-8B-Instruct",
+SUCCESSORS = ("Phi-4-mini-instruct", "Phi-3.5-mini-instruct", "Phi-4", "Meta-Llama-3.1-8B-Instruct",
               "Mistral-7B-Instruct-v0.3")
 _RETIRE_KEY = re.compile(r"(?i)(retire|deprecat)")
 
@@ -293,9 +293,6 @@ def run_checks(sess: AzureSession, prof: Profile, *, run_id: str) -> tuple[list[
         out.extend(f | {"severity": "warning"} for f in
                    quota_findings(sess, inf_size, nodes=prof.endpoint.instance_count, what="the endpoint"))
 
-    if prof.pipeline.validate_data_step:
-        out.append(validate_step_notice())
-
     # names ---------------------------------------------------------------------------
     ep = endpoint_name(run_id, prof)
     facts.endpoint_name = ep
@@ -305,12 +302,6 @@ def run_checks(sess: AzureSession, prof: Profile, *, run_id: str) -> tuple[list[
             out.append(finding("error", "names", why, f"Set endpoint.{'name' if what == 'Endpoint' else 'deployment_name'}"
                                " to 3-32 letters, digits or '-', starting with a letter."))
     return out, facts
-
-
-def validate_step_notice() -> dict[str, Any]:
-    return finding("warning", "pipeline", "pipeline.validate_data_step is not wired into the Azure pipeline by this "
-                   "version; the data was validated locally by `amlft data` before upload instead.",
-                   "Set pipeline.validate_data_step: false to silence this.")
 
 
 def quota_findings(sess: AzureSession, size: Any, *, nodes: int, what: str) -> list[dict[str, Any]]:

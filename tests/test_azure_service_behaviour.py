@@ -1,0 +1,137 @@
+"""Azure ML as it really behaves (issue 10), on the fake through the real azure-ai-ml SDK:
+nested pipeline steps, the JobStatus table, quota, long-running operations, scoring
+errors, service-side validation, retries and the retired flagship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("azure.ai.ml")
+
+from amlft.backends.azure import rehearsal
+from amlft.cli.main import main
+from amlft.records import RunRecord
+from amlft.testing import FakeAzureML
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGSHIP = str(ROOT / "jobs" / "phi4-mini-ultrachat.yml")
+LEAVES = ["ft_nlp_common_validation", "chat_completion_model_import", "chat_completion_datapreprocess",
+          "chat_completion_finetune", "ft_nlp_model_converter"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AMLFT_HOME", str(tmp_path / ".amlft"))
+    yield tmp_path
+    rehearsal.stop_all()
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+
+def _submit(fake: FakeAzureML, tmp_path: Path) -> str:
+    from azure.ai.ml import Input, dsl
+    from azure.ai.ml.entities import Data
+
+    ml, reg = fake.ml_client(), fake.registry_client()
+    component = reg.components.get("chat_completion_pipeline", label="latest")
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    asset = ml.data.create_or_update(Data(name="t", version="1", path=str(train), type="uri_file"))
+
+    @dsl.pipeline(name="ft", default_compute=fake.cluster_name)
+    def pipeline(train_file):
+        step = component(mlflow_model_path=Input(type="mlflow_model", path="azureml://registries/azureml/models/"
+                                                 "Phi-4-mini-instruct/versions/1"),
+                         train_file_path=train_file, test_file_path=train_file,
+                         compute_finetune=fake.cluster_name, number_of_gpu_to_use_finetuning=1)
+        return {"trained_model": step.outputs.mlflow_model_folder}
+
+    job = pipeline(train_file=Input(type="uri_file", path=f"azureml:{asset.name}:{asset.version}"))
+    return ml.jobs.create_or_update(job, experiment_name="t").name
+
+
+# -- 10.1 nested steps ---------------------------------------------------------------------------------
+def test_the_job_nests_one_pipeline_node_whose_children_are_the_five_leaf_steps(tmp_path):
+    from amlft.backends.azure.poller import is_pipeline_node
+
+    with FakeAzureML(tmp_path / "f.json", tick_s=0) as fake:
+        ml = fake.ml_client()
+        name = _submit(fake, tmp_path)
+        (node,) = list(ml.jobs.list(parent_job_name=name))
+        # what the SDK really returns for run-history children: type "base", not "pipeline"
+        assert node.type == "base" and is_pipeline_node(node)
+        leaves = list(ml.jobs.list(parent_job_name=node.name))
+        assert [c.display_name for c in leaves] == LEAVES
+        assert all(c.type == "base" and not is_pipeline_node(c) for c in leaves)
+        assert list(ml.jobs.list(parent_job_name=leaves[0].name)) == []
+
+
+def test_a_leaf_walks_the_realistic_status_sequence(tmp_path):
+    with FakeAzureML(tmp_path / "f.json", tick_s=0) as fake:
+        ml = fake.ml_client()
+        name = _submit(fake, tmp_path)
+        (node,) = list(ml.jobs.list(parent_job_name=name))
+        parent_seen: list[str] = []
+        finetune_seen: list[str] = []
+        for _ in range(200):
+            fake.advance(30)
+            status = ml.jobs.get(name).status
+            if not parent_seen or parent_seen[-1] != status:
+                parent_seen.append(status)
+            leaf = next(c for c in ml.jobs.list(parent_job_name=node.name)
+                        if c.display_name == "chat_completion_finetune")
+            if not finetune_seen or finetune_seen[-1] != leaf.status:
+                finetune_seen.append(leaf.status)
+            if status == "Completed":
+                break
+    assert finetune_seen == ["NotStarted", "Queued", "Preparing", "Running", "Finalizing", "Completed"]
+    assert parent_seen[-2:] == ["Running", "Completed"]
+
+
+def test_wait_shows_every_leaf_and_names_the_failed_one(home, capsys):
+    code, out = cli(capsys, "run", "--profile", FLAGSHIP, "--rehearse", "--fault", "finetune_step_fails")
+    assert code == 3, out
+    for leaf in LEAVES[:4]:
+        assert f"step {leaf}: " in out, leaf
+    assert "step ft_nlp_model_converter: NotStarted" in out
+    assert "failed in step chat_completion_finetune: UserError: CUDA out of memory" in out
+    assert "step chat_completion_finetune failed; its log:" in out and "torch.OutOfMemoryError" in out
+    assert "left running: none" in out
+
+
+# -- 10.3 job statuses ---------------------------------------------------------------------------------
+def test_every_service_job_status_is_in_the_one_table():
+    from azure.ai.ml._restclient.arm_ml_service.models._enums import JobStatus
+
+    from amlft.backends.azure import job_status
+
+    assert {s.value for s in JobStatus} == {s.name for s in job_status.STATES.values()}
+    assert {"Completed", "Failed", "Canceled"} == job_status.TERMINAL
+    assert {"NotResponding", "Paused"} == job_status.STALLED
+    assert not job_status.is_terminal("Paused") and not job_status.is_terminal("NotResponding")
+    assert job_status.state_of("something new").name == "Unknown"
+    assert "heartbeats" in job_status.state_of("notresponding").meaning
+    assert "resumes only when someone resumes it" in job_status.state_of("Paused").meaning
+
+
+def test_a_not_responding_job_is_explained_not_waited_on_forever(home, capsys):
+    code, out = cli(capsys, "run", "--profile", FLAGSHIP, "--rehearse", "--fault", "job_not_responding",
+                    "--set", "pipeline.stalled_timeout_s=0")
+    assert code == 5, out
+    assert "step chat_completion_finetune: NotResponding" in out
+    assert "has stopped sending heartbeats" in out
+    assert "Stopped waiting: step chat_completion_finetune has been NotResponding" in out
+    assert "canceled job" in out and "left running: none" in out
+    rec = RunRecord.load()
+    assert [r["state"] for r in rec.resources("azureml.job")] == ["canceled"]
