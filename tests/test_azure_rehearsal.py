@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from amlft.backends.azure import rehearsal
+from amlft.testing import rehearsal
 from amlft.cli.main import main
 from amlft.records import RunRecord
 from amlft.testing import FakeAzureML

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("azure.ai.ml")
 
-from amlft.backends.azure import rehearsal
+from amlft.testing import rehearsal
 from amlft.cli.main import main
 from amlft.records import RunRecord
 from amlft.testing import FakeAzureML
@@ -135,3 +135,88 @@ def test_a_not_responding_job_is_explained_not_waited_on_forever(home, capsys):
     assert "canceled job" in out and "left running: none" in out
     rec = RunRecord.load()
     assert [r["state"] for r in rec.resources("azureml.job")] == ["canceled"]
+
+
+# -- 10.2 quota ----------------------------------------------------------------------------------------
+def test_quota_is_read_in_the_shapes_the_service_returns(tmp_path):
+    from types import SimpleNamespace
+
+    from amlft.backends.azure import quota
+
+    with FakeAzureML(tmp_path / "f.json") as fake:
+        ml = fake.ml_client()
+        # why amlft does not use the SDK entities: azure-ai-ml 1.35.2 drops these fields
+        sdk_size = next(s for s in ml.compute.list_sizes() if s.name == "Standard_NC24ads_A100_v4")
+        sdk_usage = next(iter(ml.compute.list_usage()))
+        assert sdk_size.v_cp_us is None and sdk_usage.current_value is None
+        sess = SimpleNamespace(ws=ml)
+        sizes = quota.list_vm_sizes(sess)
+        usages = quota.list_usages(sess)
+    a100 = sizes["standard_nc24ads_a100_v4"]
+    assert (a100.family, a100.vcpus, a100.gpus) == ("standardNCADSA100v4Family", 24, 1)
+    assert usages["standardncadsa100v4family"].limit == 96
+    assert usages[quota.REGIONAL_TOTAL.lower()].limit == 400
+    # nodes x vCPUs against the family, then the regional total
+    assert quota.quota_problem(a100, 4, usages, what="cluster c", queues=True) is None
+    severity, message, _ = quota.quota_problem(a100, 5, usages, what="cluster c", queues=True)
+    assert severity == "error" and "needs 120 standardNCADSA100v4Family vCPUs" in message and "0/96" in message
+
+
+def test_quota_exceeded_fails_check_before_anything_bills(home, capsys):
+    code, out = cli(capsys, "check", "--profile", FLAGSHIP, "--rehearse", "--fault", "quota_exceeded")
+    assert code == 1, out
+    assert "cluster gpu-a100 needs 24 standardNCADSA100v4Family vCPUs" in out and "used/limit is 0/12" in out
+    assert "Request more standardNCADSA100v4Family quota" in out
+    assert "the endpoint needs 8 standardNCSv3Family vCPUs" in out and "used/limit is 18/24 (6 free)" in out
+    assert "nothing billable was started" in out
+    rehearsal.stop_all()
+    fake = FakeAzureML(rehearsal.fake_state_path(home / ".amlft"))
+    assert fake.state["jobs"] == {} and fake.left_running() == []
+
+
+# -- 12.5 one function per check, finding codes, no dedupe by substring -----------------------------------
+def test_a_cluster_named_admin_gpu_keeps_every_finding(home, capsys):
+    """The old dedupe dropped any infra finding whose message contained "min" - e.g. "admin-gpu"."""
+    import json
+
+    fake = rehearsal.ensure_fake((), root=home / ".amlft")
+    fake.add_compute("admin-gpu", min_nodes=1, idle_seconds=3600)
+    try:
+        main(["check", "--profile", FLAGSHIP, "--rehearse", "--set", "compute.cluster=admin-gpu", "--json"])
+    except SystemExit as exc:
+        assert not exc.code
+    codes = [f["code"] for f in json.loads(capsys.readouterr().out)["check"]]
+    assert "cluster.idle_nodes" in codes  # ours
+    assert "infra.scale_down_slow" in codes  # the infra comparison's; its message names admin-gpu; kept
+    assert "infra.idle_nodes" not in codes  # the same fact as cluster.idle_nodes: reported once
+
+
+def test_dry_run_reuses_the_offline_checks(home, capsys):
+    code, out = cli(capsys, "submit", "--profile", FLAGSHIP, "--dry-run", "--set", "compute.cluster=",
+                    "--set", "compute.instance_type=Standard_NC12", "--set", "finetune.nope=1", "--json")
+    assert code == 1, out
+    for needle in ("No fine-tune cluster configured", "retired Tesla K80", "finetune.nope is not an input"):
+        assert needle in out, needle
+
+
+# -- 12.1 layers -------------------------------------------------------------------------------------------
+def test_the_backend_layer_never_imports_amlft_testing():
+    import ast
+
+    for path in (ROOT / "src" / "amlft" / "backends").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("amlft.testing"), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("amlft.testing") for a in node.names), path
+
+
+def test_without_responses_the_fake_names_the_extra_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from amlft.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "responses", None)  # as if `responses` were not installed
+    with pytest.raises(MissingDependency) as err:
+        FakeAzureML(tmp_path / "f.json").start()
+    assert "rehearse" in str(err.value) + str(err.value.hint)

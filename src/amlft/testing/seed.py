@@ -81,6 +81,13 @@ QUOTA = {
     "standardDSv2Family": (8, 100),
     "standardESv3Family": (0, 100),
 }
+REGIONAL_VCPU_LIMIT = 400
+# The `quota_exceeded` fault: the A100 family's limit is below one NC24ads node, and the
+# endpoint's NCSv3 family is mostly used by someone else's deployments.
+QUOTA_EXCEEDED = {
+    "standardNCADSA100v4Family": (0, 12),
+    "standardNCSv3Family": (18, 24),
+}
 
 
 def _registry_model(name: str, version: str, *, finetune: list[str] | None, inference: list[str],

@@ -63,7 +63,7 @@ class AzureBackend:
         sess = _session(ctx)
         prof = ctx.profile
         found, facts = preflight.run_checks(sess, prof, run_id=ctx.record.run_id)
-        found = self._dedupe(found + self._infra_findings(sess, ctx))
+        found = preflight.merge_infra(found, self._infra_findings(sess, ctx))
         cost = skus.cost_summary(cluster_sku=facts.cluster_sku or prof.compute.instance_type,
                                  num_nodes=prof.compute.num_nodes, endpoint_sku=prof.endpoint.instance_type,
                                  instance_count=prof.endpoint.instance_count, overrides=prof.prices)
@@ -83,15 +83,6 @@ class AzureBackend:
         from amlft.backends.azure.infra_check import check_workspace_against_infra
 
         return list(check_workspace_against_infra(sess.ws, ctx.profile))
-
-    @staticmethod
-    def _dedupe(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The infra check re-reports a missing cluster / idle nodes that preflight already reported."""
-        ours = {f["check"] for f in found if f.get("check") != "infra"}
-        if "cluster" not in ours:
-            return found
-        return [f for f in found if not (f.get("check") == "infra" and (
-            "no compute cluster" in f["message"].lower() or "min" in f["message"].lower()))]
 
     # ------------------------------------------------------------------ data
     def data(self, ctx: StepContext) -> dict[str, Any]:
@@ -376,27 +367,11 @@ class AzureBackend:
         notes: list[str] = []
         snapshot = pipeline.load_snapshot()
         inputs = snapshot["inputs"]
-        from amlft.backends.azure.preflight import endpoint_name, finding
+        from amlft.backends.azure.preflight import finding, offline_checks
 
-        cluster = prof.compute.cluster
-        if not cluster:
-            problems.append(finding("error", "cluster", "No fine-tune cluster configured.", "Set compute.cluster."))
-        sku = prof.compute.instance_type
-        gpus = prof.compute.gpus_per_node or (skus.gpus_per_node(sku) if sku else None)
-        if gpus is None:
-            problems.append(finding("error", "gpus", f"Unknown GPUs per node for {sku or 'the cluster (compute.instance_type unset)'}.",
-                                    "Set compute.instance_type to a known GPU size (" + ", ".join(skus.known_gpu_skus()[:4])
-                                    + ", ...) or compute.gpus_per_node."))
-        if sku and skus.normalize(sku).lower() in skus.K80_SKUS:
-            problems.append(finding("error", "finetune_sku", f"{sku} is a retired K80 size.", "Use an A100/H100/V100 size."))
-        merged = pipeline.merge_parameters(prof.finetune, None, inputs)
-        for e in merged.errors:
-            problems.append(finding("error", "finetune", e, "Use the component's input names and types."))
-        ep = endpoint_name(ctx.record.run_id, prof)
-        for what, n in (("Endpoint", ep), ("Deployment", prof.endpoint.deployment_name)):
-            why = names.name_problem(n, what=what)
-            if why:
-                problems.append(finding("error", "names", why, "3-32 letters, digits or '-', starting with a letter."))
+        found, merged, gpus = offline_checks(prof, run_id=ctx.record.run_id, inputs=inputs)
+        problems.extend(found)
+        cluster, sku = prof.compute.cluster, prof.compute.instance_type
         notes.append("offline: model allow-lists, model_specific_defaults, cluster state and quota are checked by "
                      "`amlft check` (needs the workspace)")
         files = self._dry_run_files(ctx, notes)
@@ -407,7 +382,7 @@ class AzureBackend:
         spec = self._job_spec(ctx, component_ref=comp, model_path=model_path, cluster=cluster or "serverless",
                               gpus=int(gpus or 1), params=merged.values, files=files)
         for p in pipeline.validate_spec(spec, inputs):
-            problems.append(finding("error", "component", p, "Fix the profile field that sets it."))
+            problems.append(finding("error", "component.bad_input", p, "Fix the profile field that sets it."))
         cost = skus.cost_summary(cluster_sku=sku, num_nodes=prof.compute.num_nodes, endpoint_sku=prof.endpoint.instance_type,
                                  instance_count=prof.endpoint.instance_count, overrides=prof.prices)
         for n in notes:

@@ -42,6 +42,17 @@ def translate(exc: BaseException, what: str, *, hint: str | None = None) -> Amlf
         return AuthError(f"{what}: no usable Azure credential ({_first_line(exc)}).",
                          hint="Run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ a secret or federated "
                               "token) for a service principal; in GitHub Actions use azure/login with OIDC.")
+    from azure.ai.ml.exceptions import MlException
+
+    if isinstance(exc, MlException):
+        # The SDK checks some answers itself (e.g. a registry asset that does not exist) and raises
+        # MlException instead of HttpResponseError; it is still the service saying no.
+        text = _first_line(exc)
+        missing = "does not exist" in text.lower() or "not found" in text.lower()
+        category = getattr(exc, "error_category", None)
+        return ServiceError(f"{what} failed: {text}", status=404 if missing else None,
+                            code=str(getattr(category, "value", category) or "") or None,
+                            hint=hint or (_HINTS[404] if missing else None))
     if isinstance(exc, HttpResponseError):
         status = exc.status_code
         err = getattr(exc, "error", None)

@@ -69,10 +69,10 @@ def connect(prof: Profile, *, rehearse: bool, faults: list[str], console: Consol
 
     kwargs = client_kwargs(rehearse, console)
     if rehearse:
-        from amlft.backends.azure.rehearsal import NOTICE, ensure_fake, fake_state_path
+        from amlft.backends.azure.rehearsal import NOTICE, fake_for
 
-        fake = ensure_fake(faults, root=root)
-        console.info(NOTICE.format(path=fake_state_path(root)))
+        fake, state_path = fake_for(faults, root=root)
+        console.info(NOTICE.format(path=state_path))
         if faults:
             console.info(f"REHEARSAL: injected fault(s): {', '.join(faults)}")
         credential, desc = fake.credential, "rehearsal credential (fake)"
