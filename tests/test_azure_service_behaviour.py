@@ -220,3 +220,93 @@ def test_without_responses_the_fake_names_the_extra_to_install(tmp_path, monkeyp
     with pytest.raises(MissingDependency) as err:
         FakeAzureML(tmp_path / "f.json").start()
     assert "rehearse" in str(err.value) + str(err.value.hint)
+
+
+# -- 10.4 long-running operations ----------------------------------------------------------------------
+def _arm(fake: FakeAzureML, path: str) -> str:
+    return (f"https://management.azure.com/subscriptions/{fake.subscription_id}/resourceGroups/"
+            f"{fake.resource_group}/providers/Microsoft.MachineLearningServices/workspaces/{fake.workspace_name}"
+            f"/{path}?api-version=2024-10-01-preview")
+
+
+def test_endpoint_create_and_traffic_update_behave_like_the_recordings(tmp_path):
+    import requests
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    with FakeAzureML(tmp_path / "f.json", tick_s=0) as fake:
+        url = _arm(fake, "onlineEndpoints/ep-lro")
+        body = {"location": fake.location, "properties": {"authMode": "Key"}, "tags": {"amlft-run-id": "r"}}
+        created = requests.put(url, json=body, timeout=5)
+        assert created.status_code == 201
+        assert created.headers["x-ms-async-operation-timeout"] == "PT30M"
+        assert created.json()["properties"]["provisioningState"] == "Creating"
+        assert created.json()["properties"]["scoringUri"] is None  # not before Succeeded
+        fake.advance(300)
+        ml = fake.ml_client()
+        ep = ml.online_endpoints.get("ep-lro")
+        assert ep.provisioning_state == "Succeeded" and ep.scoring_uri.endswith("/score")
+        _deploy_with(ml, "ep-lro", fake)
+        ep.traffic = {"default": 100}
+        update = requests.put(url, json={**body, "properties": {"authMode": "Key", "traffic": {"default": 100}}},
+                              timeout=5)
+        assert update.status_code == 201 and update.json()["properties"]["traffic"] == {}  # the old traffic
+        fake.advance(30)
+        assert not ml.online_endpoints.get("ep-lro").traffic.get("default")  # not yet
+        fake.advance(60)
+        assert ml.online_endpoints.get("ep-lro").traffic == {"default": 100}
+        assert isinstance(ep, ManagedOnlineEndpoint)
+
+
+def _deploy_with(ml, endpoint: str, fake: FakeAzureML) -> None:
+    import requests
+
+    dep = requests.put(_arm(fake, f"onlineEndpoints/{endpoint}/deployments/default"), timeout=5, json={
+        "location": fake.location, "sku": {"name": "Default", "capacity": 1},
+        "properties": {"endpointComputeType": "Managed", "instanceType": "Standard_NC6s_v3",
+                       "model": "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"}})
+    assert dep.status_code == 201, dep.text
+    fake.advance(540)  # about ten minutes, as recorded: not yet
+    assert ml.online_deployments.get("default", endpoint).provisioning_state == "Creating"
+    fake.advance(120)
+    assert ml.online_deployments.get("default", endpoint).provisioning_state == "Succeeded"
+
+
+def test_every_operation_wait_is_bounded_and_says_what_continues(tmp_path):
+    from types import SimpleNamespace
+
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    from amlft.backends.azure.endpoints import wait_lro
+    from amlft.console import Console
+    from amlft.errors import DeploymentError
+
+    with FakeAzureML(tmp_path / "f.json", tick_s=0) as fake:  # a frozen clock: the operation never ends
+        ml = fake.ml_client()
+        poller = ml.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="ep-slow", auth_mode="key"))
+        sess = SimpleNamespace(poll_interval_s=0.01)
+        with pytest.raises(DeploymentError) as err:
+            wait_lro(sess, poller, "endpoint ep-slow", console=Console(), timeout_s=0.05,
+                     resume="amlft deploy --run r", delete="amlft teardown --run r")
+    assert "is still InProgress" in err.value.message and "it continues in Azure" in err.value.message
+    assert "amlft deploy --run r" in err.value.hint and "amlft teardown --run r" in err.value.hint
+
+
+def test_ctrl_c_while_deploying_says_what_continues_and_how_to_resume_or_delete(capsys):
+    from types import SimpleNamespace
+
+    from amlft.backends.azure.endpoints import wait_lro
+    from amlft.console import Console
+
+    class Interrupted:  # what a poller looks like when the user presses Ctrl-C mid-wait
+        def done(self) -> bool:
+            return False
+
+        def wait(self, timeout: float) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        wait_lro(SimpleNamespace(poll_interval_s=0.01), Interrupted(), "deployment ep/demo", console=Console(),
+                 timeout_s=60, resume="amlft deploy --run r", delete="amlft teardown --run r")
+    err = capsys.readouterr().err
+    assert "deployment ep/demo continues in Azure" in err
+    assert "resume: amlft deploy --run r" in err and "delete: amlft teardown --run r" in err

@@ -1,5 +1,17 @@
 """Managed online endpoints and deployments as long-running operations, their keys and
 logs, and the scoring URI answering the Azure ML chat contract.
+
+What the recordings show, and the fake does on its virtual clock (Azure/azure-sdk-assets,
+python/sdk/ml/azure-ai-ml/tests/recordings/online_services/e2etests/):
+- creating an endpoint answers 201 with `provisioningState: Creating` and `scoringUri: null`
+  (test_online_endpoint.pyTestOnlineEndpointtest_online_endpoint_e2e.json); the URI appears
+  once provisioning has Succeeded;
+- every PUT/DELETE carries `Azure-AsyncOperation` + `Location` and
+  `x-ms-async-operation-timeout: PT30M` (same recording);
+- a traffic update is a PUT answered 201 that still shows the old traffic until the
+  operation is done;
+- creating a deployment takes about ten minutes
+  (test_online_deployment.pyTestOnlineDeploymenttest_online_deployment_create.json).
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from amlft.testing.routes_jobs import new_operation, operation_url
 from amlft.testing.routes_workspace import WS
 
 ENDPOINT_TAKES = 240.0
-DEPLOYMENT_TAKES = 900.0
+DEPLOYMENT_TAKES = 600.0  # ~10 minutes, as in the recorded deployment create
 CRASH_AFTER = 660.0  # the liveness probe gives up after its initial delay
 DELETE_TAKES = 120.0
 UPDATE_TAKES = 60.0
@@ -72,17 +84,29 @@ def scoring_uri(name: str) -> str:
     return f"https://{name}.{seed.LOCATION}.inference.ml.azure.com/score"
 
 
+def traffic_of(ep: dict[str, Any], now: float) -> dict[str, int]:
+    """The traffic in effect: a pending update applies only once its operation is done."""
+    pending = ep.get("pending_traffic")
+    if pending is not None and now >= float(ep.get("traffic_at") or 0):
+        return dict(pending)
+    return dict(ep.get("traffic") or {})
+
+
 def _endpoint_json(name: str, ep: dict[str, Any], now: float) -> dict[str, Any]:
     body = ep["body"]
     props = dict(body.get("properties") or {})
+    provisioned = now >= float(ep.get("provisioned_at", ep["ready_at"]))
     props.update({
         "provisioningState": _endpoint_state(ep, now),
-        "scoringUri": scoring_uri(name),
-        "swaggerUri": f"https://{name}.{seed.LOCATION}.inference.ml.azure.com/swagger.json",
+        "scoringUri": scoring_uri(name) if provisioned else None,
+        "swaggerUri": f"https://{name}.{seed.LOCATION}.inference.ml.azure.com/swagger.json" if provisioned else None,
         "authMode": props.get("authMode") or "Key",
-        "traffic": ep.get("traffic", {}),
+        "traffic": traffic_of(ep, now),
         "mirrorTraffic": props.get("mirrorTraffic") or {},
         "publicNetworkAccess": props.get("publicNetworkAccess") or "Enabled",
+        # the service always answers its own properties (test_online_endpoint_e2e.json)
+        "properties": {**(props.get("properties") or {}),
+                       "azureml.onlineendpointid": f"{workspace_id()}/onlineEndpoints/{name}".lower()},
     })
     return {
         "id": f"{workspace_id()}/onlineEndpoints/{name}",
@@ -120,7 +144,8 @@ def _deployment_json(endpoint: str, name: str, dep: dict[str, Any], now: float) 
 
 def _lro_headers(op: str) -> dict[str, str]:
     return {"Azure-AsyncOperation": operation_url(op, "mfeOperationsStatus"),
-            "Location": operation_url(op, "mfeOperationResults"), **FAST_POLL}
+            "Location": operation_url(op, "mfeOperationResults"), "x-ms-async-operation-timeout": "PT30M",
+            **FAST_POLL}
 
 
 # -- endpoints ----------------------------------------------------------------------------------------
@@ -139,11 +164,13 @@ def put_endpoint(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: 
                                    f"Traffic for endpoint {name} names deployments that do not exist: {unknown}.")
             if sum(int(v) for v in new_traffic.values()) not in (0, 100):
                 return reply_error(400, "BadArgument", "Traffic percentages must add up to 0 or 100.")
-            ep["traffic"] = {k: int(v) for k, v in new_traffic.items()}
+            ep["traffic"] = traffic_of(ep, now)  # an earlier pending update may have landed
+            ep["pending_traffic"] = {k: int(v) for k, v in new_traffic.items()}
+            ep["traffic_at"] = now + UPDATE_TAKES
         ep["updates"] = ep.get("updates", 0) + 1
         ep["ready_at"] = max(ep["ready_at"], now + UPDATE_TAKES)
         op = new_operation(fake, st, kind="endpoint_update", target=name, takes=ep["ready_at"] - now)
-        return reply_json(200, _endpoint_json(name, ep, now), _lro_headers(op))
+        return reply_json(201, _endpoint_json(name, ep, now), _lro_headers(op))
     taken = name in st.get("taken_endpoint_names", []) or "endpoint_name_taken" in st["faults"]
     if taken:
         return reply_error(
@@ -153,7 +180,8 @@ def put_endpoint(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: 
     if (body.get("properties") or {}).get("traffic"):
         return reply_error(400, "BadArgument", "Traffic cannot be set before the endpoint has deployments.")
     st["endpoints"][name] = {
-        "body": body, "created": now, "ready_at": now + ENDPOINT_TAKES, "traffic": {}, "deleted_at": None,
+        "body": body, "created": now, "ready_at": now + ENDPOINT_TAKES, "provisioned_at": now + ENDPOINT_TAKES,
+        "traffic": {}, "deleted_at": None,
         "keys": {"primaryKey": _key(name, "primary", now), "secondaryKey": _key(name, "secondary", now)},
     }
     op = new_operation(fake, st, kind="endpoint_create", target=name, takes=ENDPOINT_TAKES)
@@ -278,13 +306,12 @@ def delete_deployment(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str,
     if not _alive(dep, now):
         return reply_empty(204)
     ep = st["endpoints"].get(endpoint)
-    if ep and ep.get("traffic", {}).get(name):
-        return reply_error(400, "BadArgument", f"Deployment {name} still receives {ep['traffic'][name]}% of the "
+    share = traffic_of(ep, now).get(name) if ep else None
+    if share:
+        return reply_error(400, "BadArgument", f"Deployment {name} still receives {share}% of the "
                            f"traffic of endpoint {endpoint}; set its traffic to 0 first.")
     if dep.get("deleted_at") is None:
         dep["deleted_at"] = now + DELETE_TAKES
-        if ep:
-            ep.get("traffic", {}).pop(name, None)
     op = new_operation(fake, st, kind="deployment_delete", target=key, takes=dep["deleted_at"] - now)
     return reply_empty(202, _lro_headers(op))
 
@@ -314,7 +341,7 @@ def score(fake: Any, req: FakeRequest, st: dict[str, Any]) -> Reply:
         return reply_json(401, {"message": "Unauthorized: a valid endpoint key is required "
                                            "(Authorization: Bearer <key>)."})
     chosen = req.headers.get("azureml-model-deployment")
-    live = {d: p for d, p in ep.get("traffic", {}).items() if p > 0}
+    live = {d: p for d, p in traffic_of(ep, now).items() if p > 0}
     if chosen is None:
         if not live:
             return reply_json(424, {"message": f"No deployment of endpoint {name} receives traffic."})

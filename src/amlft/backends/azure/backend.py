@@ -301,7 +301,8 @@ class AzureBackend:
         for r in live_jobs:
             done["jobs"][r["name"]] = self._cancel_job(sess, ctx, r["name"])
         for r in live_eps:
-            done["endpoints"][r["name"]] = endpoints.delete_endpoint(sess, rec, r["name"], console=ctx.console)
+            done["endpoints"][r["name"]] = endpoints.delete_endpoint(
+                sess, rec, r["name"], console=ctx.console, timeout_s=ctx.profile.endpoint.operation_timeout_s)
         for r in models:
             name, _, version = r["name"].rpartition(":")
             try:
@@ -328,7 +329,10 @@ class AzureBackend:
         if is_terminal(status):
             rec.update_resource(JOB_KIND, name, state=status.lower(), billable=False)
             return status
-        call(f"Canceling job {name}", lambda: sess.ws.jobs.begin_cancel(name).result())
+        poller = call(f"Canceling job {name}", sess.ws.jobs.begin_cancel, name)
+        endpoints.wait_lro(sess, poller, f"cancellation of job {name}", console=ctx.console,
+                           timeout_s=ctx.profile.endpoint.operation_timeout_s,
+                           resume=f"amlft teardown --run {rec.run_id}", delete=self._cancel_hint(ctx, name))
         rec.update_resource(JOB_KIND, name, state="canceled", billable=False)
         ctx.console.info(f"canceled job {name} (its compute stops billing)")
         return "canceled"

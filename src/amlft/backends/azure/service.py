@@ -102,13 +102,6 @@ def quiet_sdk_logs() -> None:
     logging.getLogger("azure.ai.ml.operations").setLevel(logging.WARNING)
 
 
-def is_not_found(exc: BaseException) -> bool:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status", None) == 404 or \
-        getattr(exc, "status_code", None) == 404
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "message", None) or exc).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__
