@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from amlft.testing import rehearsal
 from amlft.cli.main import main
 from amlft.records import RunRecord
-from amlft.testing import FakeAzureML
+from amlft.testing import FakeAzureML, rehearsal
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = str(ROOT / "jobs" / "phi4-mini-ultrachat.yml")  # the flagship

@@ -10,10 +10,9 @@ import pytest
 
 pytest.importorskip("azure.ai.ml")
 
-from amlft.testing import rehearsal
 from amlft.cli.main import main
 from amlft.records import RunRecord
-from amlft.testing import FakeAzureML
+from amlft.testing import FakeAzureML, rehearsal
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = str(ROOT / "jobs" / "phi4-mini-ultrachat.yml")
@@ -310,3 +309,53 @@ def test_ctrl_c_while_deploying_says_what_continues_and_how_to_resume_or_delete(
     err = capsys.readouterr().err
     assert "deployment ep/demo continues in Azure" in err
     assert "resume: amlft deploy --run r" in err and "delete: amlft teardown --run r" in err
+
+
+# -- 10.5 scoring errors -------------------------------------------------------------------------------
+def test_invoke_and_bench_explain_scoring_errors_and_bench_counts_them_by_kind(home, capsys):
+    import json
+
+    import requests
+
+    from amlft.scoring_errors import explain
+
+    code, out = cli(capsys, "run", "--profile", FLAGSHIP, "--rehearse", "--keep")
+    assert code == 0, out
+    # Requests at one virtual instant are in flight together; the limit is 2 x max_concurrent (1) x instances (1).
+    code, out = cli(capsys, "invoke", "--fault", "scoring_throttled")
+    assert code == 0, out  # the 1st of the burst
+    code, out = cli(capsys, "bench", "--requests", "5", "--concurrency", "1", "--warmup", "0", "--out", "b")
+    doc = json.loads((home / "b" / "results.json").read_text())
+    level = doc["targets"][0]["levels"][0]
+    assert level["summary"]["errors_by_kind"] == {"throttled": 4}  # the 2nd is fine, the 3rd onwards are not
+    errors = [r["error"] for r in level["requests"] if not r["ok"]]
+    assert all("HTTP 429: more requests than 2 x max_concurrent_requests_per_instance" in e for e in errors)
+    assert all("send fewer requests at once" in e and "x-request-id" in e for e in errors)
+    assert "throttled 4" in (home / "b" / "report.md").read_text()
+    code, out = cli(capsys, "invoke")
+    assert code != 0 and "HTTP 429" in out and "x-request-id" in out
+
+    # The fake on its own: 408, 424 with the model's status/reason, 401 on a bad key, 404 without traffic.
+    rec = RunRecord.load()
+    deploy = rec.output("deploy")
+    rehearsal.stop_all()
+    fake = FakeAzureML(rehearsal.fake_state_path(home / ".amlft"))
+    key = fake.state["endpoints"][deploy["endpoint_name"]]["keys"]["primaryKey"]
+    chat = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {}}}
+    auth = {"Authorization": f"Bearer {key}"}
+    with fake:
+        fake.remove_fault("scoring_throttled")
+        for fault, status, phrase in (("scoring_timeout", 408, "raise endpoint.request_timeout_ms"),
+                                      ("model_error", 424, "model answered 500: torch.OutOfMemoryError")):
+            fake.add_fault(fault)
+            r = requests.post(deploy["scoring_uri"], json=chat, headers=auth, timeout=5)
+            assert r.status_code == status and r.headers["x-request-id"], fault
+            assert phrase in explain(r.status_code, r.headers)
+            fake.remove_fault(fault)
+        bad = requests.post(deploy["scoring_uri"], json=chat, headers={"Authorization": "Bearer nope"}, timeout=5)
+        assert bad.status_code == 401 and "current key" in explain(401, bad.headers)
+        routed = requests.post(deploy["scoring_uri"], json=chat, timeout=5,
+                               headers={**auth, "azureml-model-deployment": "nope"})
+        assert routed.status_code == 404 and "no deployment takes traffic" in explain(404, routed.headers)
+    code, out = cli(capsys, "teardown")
+    assert code == 0 and "left running: none" in out

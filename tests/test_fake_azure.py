@@ -240,7 +240,7 @@ def test_unknown_routes_fail_loudly_and_loopback_passes_through(fake):
 def test_unknown_fault_is_rejected():
     with pytest.raises(ValueError, match="throttle"):
         FakeAzureML(faults=["nope"])
-    assert len(FAULTS) == 11 and {"quota_exceeded", "job_not_responding"} <= set(FAULTS)
+    assert len(FAULTS) == 14 and {"quota_exceeded", "job_not_responding"} <= set(FAULTS)
 
 
 @pytest.mark.parametrize(("fault", "status"), [("throttle", 429), ("server_error", 500)])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from typing import Any
 
 from amlft.testing import seed
@@ -330,38 +331,80 @@ def get_logs(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str,
 
 
 # -- scoring -----------------------------------------------------------------------------------------------
+# Scoring errors as managed online endpoints answer them ("Troubleshoot online endpoint deployment and
+# scoring", HTTP status codes: https://learn.microsoft.com/azure/machine-learning/how-to-troubleshoot-online-endpoints
+# #http-status-codes): 401 bad key, 404 no deployment takes traffic, 408 request_timeout_ms exceeded,
+# 424 model container error (with ms-azureml-model-error-statuscode/-reason), 429 past
+# 2 x max_concurrent_requests_per_instance x instances in flight. Every answer carries x-request-id.
+def _scoring_error(status: int, message: str, request_id: str, extra: dict[str, str] | None = None) -> Reply:
+    return status, {"Content-Type": "application/json", "x-request-id": request_id, **(extra or {})}, json.dumps(
+        {"message": message})
+
+
+def _in_flight_limit(dep: dict[str, Any]) -> int:
+    props = dep["body"].get("properties") or {}
+    per_instance = int((props.get("requestSettings") or {}).get("maxConcurrentRequestsPerInstance") or 1)
+    instances = int((dep["body"].get("sku") or {}).get("capacity") or 1)
+    return 2 * per_instance * instances
+
+
+def _throttled(st: dict[str, Any], key: str, dep: dict[str, Any]) -> bool:
+    """Requests that arrive at the same virtual instant are in flight together (the clock does not
+    move while scoring), so the (limit+1)-th of a burst is over the limit."""
+    burst = st.setdefault("score_bursts", {}).get(key)
+    if burst is None or burst["clock"] != st["clock"]:
+        burst = {"clock": st["clock"], "count": 0}
+    burst["count"] += 1
+    st["score_bursts"][key] = burst
+    return bool(burst["count"] > _in_flight_limit(dep))
+
+
 def score(fake: Any, req: FakeRequest, st: dict[str, Any]) -> Reply:
     name = req.host.split(".", 1)[0]
     now = st["clock"]
+    request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amlft-fake/score/{fake.next_seq(st)}"))
     ep = st["endpoints"].get(name)
     if not _alive(ep, now) or ep.get("deleted_at") is not None:
-        return 404, {"Content-Type": "text/plain"}, f"No online endpoint named {name} (rehearsal fake)."
+        return _scoring_error(404, f"No online endpoint named {name} (rehearsal fake).", request_id)
     auth = req.headers.get("authorization", "")
     if auth not in (f"Bearer {ep['keys']['primaryKey']}", f"Bearer {ep['keys']['secondaryKey']}"):
-        return reply_json(401, {"message": "Unauthorized: a valid endpoint key is required "
-                                           "(Authorization: Bearer <key>)."})
+        return _scoring_error(401, "Unauthorized: a valid endpoint key is required (Authorization: Bearer <key>).",
+                              request_id)
     chosen = req.headers.get("azureml-model-deployment")
     live = {d: p for d, p in traffic_of(ep, now).items() if p > 0}
     if chosen is None:
         if not live:
-            return reply_json(424, {"message": f"No deployment of endpoint {name} receives traffic."})
+            return _scoring_error(404, "No valid deployments to route to. Please check that the endpoint has at "
+                                       "least one deployment with positive weight values or use a deployment "
+                                       "specific header to route.", request_id)
         chosen = max(live, key=lambda d: live[d])
     dep = st["deployments"].get(f"{name}/{chosen}")
     if not _alive(dep, now) or _deployment_state(dep, now) != "Succeeded":
-        return reply_json(424, {"message": f"Deployment {chosen} of endpoint {name} is not ready."})
+        return _scoring_error(404, f"Deployment {chosen} of endpoint {name} is not ready.", request_id)
+    if "scoring_throttled" in st["faults"] and _throttled(st, f"{name}/{chosen}", dep):
+        return _scoring_error(429, "Too many requests: the deployment already has "
+                                   f"{_in_flight_limit(dep)} requests in flight.", request_id)
+    if "scoring_timeout" in st["faults"]:
+        timeout_ms = ((dep["body"].get("properties") or {}).get("requestSettings") or {}).get("requestTimeout")
+        return _scoring_error(408, f"Request timed out after {timeout_ms or 'PT5S'} (request_timeout_ms).", request_id)
+    if "model_error" in st["faults"]:
+        return _scoring_error(424, "An error occurred in the model container while scoring.", request_id,
+                              {"ms-azureml-model-error-statuscode": "500",
+                               "ms-azureml-model-error-reason": "torch.OutOfMemoryError: CUDA out of memory"})
     from amlft.serving import ContractError, parse_azureml_request
 
     try:
         messages, params = parse_azureml_request(req.json())
     except (ValueError, ContractError) as exc:  # the same contract checks as a real chat image
-        return reply_json(400, {"message": f"Bad request for the Azure ML chat contract: {exc}"})
+        return _scoring_error(400, f"Bad request for the Azure ML chat contract: {exc}", request_id)
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     answer = (f"[rehearsal] This answer comes from the amlft in-process Azure ML fake (endpoint {name}, "
               f"deployment {chosen}), not from a real model. You asked: {str(last_user)[:120]!r}")
     max_new = params.get("max_new_tokens")
     if isinstance(max_new, int) and max_new > 0:
         answer = " ".join(answer.split(" ")[: max(max_new, 12)])
-    return 200, {"Content-Type": "application/json", "azureml-model-deployment": chosen}, json.dumps({"output": answer})
+    return 200, {"Content-Type": "application/json", "azureml-model-deployment": chosen,
+                 "x-request-id": request_id}, json.dumps({"output": answer})
 
 
 def register(router: Router) -> None:
