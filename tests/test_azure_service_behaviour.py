@@ -359,3 +359,53 @@ def test_invoke_and_bench_explain_scoring_errors_and_bench_counts_them_by_kind(h
         assert routed.status_code == 404 and "no deployment takes traffic" in explain(404, routed.headers)
     code, out = cli(capsys, "teardown")
     assert code == 0 and "left running: none" in out
+
+
+# -- 10.6 validation the service enforces -------------------------------------------------------------------
+def test_the_fake_refuses_what_the_service_refuses(tmp_path):
+    import requests
+
+    with FakeAzureML(tmp_path / "f.json") as fake:
+        ep_url = _arm(fake, "onlineEndpoints/ep-v")
+        good = {"location": fake.location, "properties": {"authMode": "Key"}}
+        for body, why in (({"properties": {"authMode": "Key"}}, "location"),
+                          ({"location": fake.location, "properties": {}}, "properties.authMode"),
+                          ({"location": fake.location, "properties": {"authMode": "Basic"}}, "'Basic' is not one of")):
+            r = requests.put(ep_url, json=body, timeout=5)
+            assert r.status_code == 400 and why in r.json()["error"]["message"], body
+        assert requests.put(ep_url, json=good, timeout=5).status_code == 201
+        fake.advance(600)
+        dep_url = _arm(fake, "onlineEndpoints/ep-v/deployments/d")
+        base = {"location": fake.location, "properties": {"instanceType": "Standard_NC6s_v3"}}
+        r = requests.put(dep_url, json=base, timeout=5)
+        assert r.status_code == 400 and "properties.endpointComputeType" in r.json()["error"]["message"]
+        r = requests.put(dep_url, json={**base, "properties": {**base["properties"],
+                                                                 "endpointComputeType": "Serverless"}}, timeout=5)
+        assert r.status_code == 400 and "'Serverless' is not one of" in r.json()["error"]["message"]
+        assert len(fake.state["rejected"]) == 5
+
+
+def test_a_component_not_replicated_to_the_region_is_refused(tmp_path):
+    from azure.core.exceptions import HttpResponseError
+
+    with FakeAzureML(tmp_path / "f.json") as fake:
+        reg = fake.registry_client()
+        stale = reg.components.get("chat_completion_pipeline", version="0.0.81")
+        assert reg.components.get("chat_completion_pipeline", label="latest").version == "0.0.82"
+        from azure.ai.ml import dsl
+
+        @dsl.pipeline(None, name="ft", default_compute=fake.cluster_name)
+        def pipeline():
+            stale(compute_finetune=fake.cluster_name)
+
+        with pytest.raises(HttpResponseError, match="is not replicated to region 'eastus'"):
+            fake.ml_client().jobs.create_or_update(pipeline(), experiment_name="t")
+
+
+def test_amlft_never_sends_a_request_the_service_would_refuse(home, capsys):
+    code, out = cli(capsys, "run", "--profile", FLAGSHIP, "--rehearse")
+    assert code == 0, out
+    rehearsal.stop_all()
+    state = FakeAzureML(rehearsal.fake_state_path(home / ".amlft")).state
+    assert state["jobs"] and state["endpoints"] and state["deployments"]  # it did create all three
+    assert state.get("rejected", []) == []

@@ -27,6 +27,7 @@ from amlft.testing.assets import ARM, system_data, workspace_id
 from amlft.testing.http import FAST_POLL, FakeRequest, Reply, Router, reply_empty, reply_error, reply_json
 from amlft.testing.routes_jobs import new_operation, operation_url
 from amlft.testing.routes_workspace import WS
+from amlft.testing.validation import check_deployment, check_endpoint
 
 ENDPOINT_TAKES = 240.0
 DEPLOYMENT_TAKES = 600.0  # ~10 minutes, as in the recorded deployment create
@@ -152,6 +153,9 @@ def _lro_headers(op: str) -> dict[str, str]:
 # -- endpoints ----------------------------------------------------------------------------------------
 def put_endpoint(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str, ws: str, name: str) -> Reply:
     body = req.json()
+    refused = check_endpoint(st, name, body)
+    if refused:
+        return refused
     ep = st["endpoints"].get(name)
     now = st["clock"]
     if _alive(ep, now) and ep.get("deleted_at") is None:
@@ -251,6 +255,9 @@ def put_deployment(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg
         return reply_error(409, "Conflict", f"Endpoint {endpoint} is still {_endpoint_state(ep, now)}; retry when "
                            "its provisioning has finished.")
     body = req.json()
+    refused = check_deployment(st, f"{endpoint}/{name}", body)
+    if refused:
+        return refused
     props = body.get("properties") or {}
     instance_type = props.get("instanceType") or "Standard_DS3_v2"
     count = int((body.get("sku") or {}).get("capacity") or 1)

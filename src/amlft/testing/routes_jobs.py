@@ -28,6 +28,7 @@ from amlft.testing import seed
 from amlft.testing.assets import ARM, iso, system_data, workspace_id
 from amlft.testing.http import FAST_POLL, FakeRequest, Reply, Router, reply_error, reply_json
 from amlft.testing.routes_workspace import WS
+from amlft.testing.validation import check_job_components
 
 # The phases a command step on AmlCompute walks through, in the order the service reports them
 # (JobStatus in specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/
@@ -185,6 +186,9 @@ def put_job(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str, 
         return reply_error(400, "UserError", f"The fake runs pipeline jobs only; got jobType {props.get('jobType')!r}.")
     if name in st["jobs"]:
         return reply_json(200, _job_json(name, st["jobs"][name], st["clock"]))
+    refused = check_job_components(st, name, body)
+    if refused:
+        return refused
     cluster = _cluster_of({"body": body})
     if cluster and cluster != "serverless" and cluster not in st["computes"]:
         return reply_error(400, "UserError", f"Compute target '{cluster}' not found in workspace {ws}.")

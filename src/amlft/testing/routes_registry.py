@@ -17,7 +17,7 @@ def discovery(fake: Any, req: FakeRequest, st: dict[str, Any], registry: str) ->
         "registryName": registry,
         "tenantId": "22222222-2222-2222-2222-222222222222",
         "primaryRegion": seed.LOCATION,
-        "regions": [seed.LOCATION, "westus", "westeurope"],
+        "regions": list(seed.REGISTRY_REGIONS),
         "subscriptionId": seed.REGISTRY_SUBSCRIPTION_ID,
         "resourceGroup": seed.REGISTRY_RESOURCE_GROUP,
         "workspaceName": None,

@@ -17,6 +17,7 @@ LOCATION = "eastus"
 CLUSTER_NAME = "gpu-a100"
 CLUSTER_SKU = "Standard_NC24ads_A100_v4"
 REGISTRY_NAME = "azureml"
+REGISTRY_REGIONS = ["eastus", "westus", "westeurope"]
 FLAGSHIP_MODEL = "Phi-4-mini-instruct"
 PHI3_RETIRED_ON = "2025-08-30"
 REGISTRY_SUBSCRIPTION_ID = "11111111-1111-1111-1111-111111111111"
@@ -152,7 +153,11 @@ def initial_state() -> dict[str, Any]:
         "faults": [],
         "fault_hits": {},
         "seq": 0,
-        "registry": {"models": models, "components": {component["name"]: {component["version"]: component}}},
+        "registry": {"models": models, "components": {component["name"]: {
+            component["version"]: component,
+            # an older version still being replicated: not yet usable from this workspace's region
+            "0.0.81": {**component, "version": "0.0.81", "regions": ["westus"]},
+        }}},
         "computes": {
             CLUSTER_NAME: {
                 "vm_size": CLUSTER_SKU, "min_nodes": 0, "max_nodes": 2, "idle_seconds": 1800,
