@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from amlft.backends.azure import rehearsal
 from amlft.cli.main import main
 from amlft.records import RunRecord
-from amlft.testing import FakeAzureML
+from amlft.testing import FakeAzureML, rehearsal
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = str(ROOT / "jobs" / "phi3-mini-ultrachat.yml")
+PROFILE = str(ROOT / "jobs" / "phi4-mini-ultrachat.yml")  # the flagship
+NOTEBOOK = str(ROOT / "jobs" / "phi3-mini-ultrachat.yml")  # the reference notebook, verbatim
 
 
 @pytest.fixture
@@ -61,9 +61,9 @@ def test_rehearsed_run_completes_every_step_and_leaves_nothing(home, capsys):
     o = rec.data["outputs"]
     assert o["check"]["cost"]["endpoint_usd_per_day"] == pytest.approx(73.44)
     assert set(o["data"]["assets"]) == {"train", "test"}
-    assert o["submit"]["display_name"].startswith("Phi-3-mini-4k-instruct-ultrachat_200k-bs1-cosine-ds2-lora")
+    assert o["submit"]["display_name"].startswith("Phi-4-mini-instruct-ultrachat_200k-bs1-cosine-ds2-lora")
     assert o["wait"]["status"] == "Completed"
-    assert o["register"]["name"] == "Phi-3-mini-4k-instruct-HuggingFaceH4-ultrachat_200k"
+    assert o["register"]["name"] == "Phi-4-mini-instruct-HuggingFaceH4-ultrachat_200k"
     assert o["deploy"]["scoring_uri"].endswith("/score") and o["invoke"]["response"]
     kinds = {r["kind"]: r for r in rec.resources()}
     assert kinds["azureml.online_endpoint"]["state"] == "deleted"
@@ -86,13 +86,14 @@ def test_rehearsed_run_completes_every_step_and_leaves_nothing(home, capsys):
 
 FAULTS = {
     # fault: (exit code, what the output must say)
-    "throttle": (0, ["left running: none"]),
-    "server_error": (0, ["left running: none"]),
+    # azure-core's retry policy retries, and every retry is on the console (issue 10.7)
+    "throttle": (0, ["left running: none", "retry 2/5: GET", "answered 429; waiting 1.0s (Retry-After)"]),
+    "server_error": (0, ["left running: none", "retry 2/5: GET", "answered 500; waiting"]),
     "model_retired": (1, ["is archived (fine-tuning retired on 2025-08-30)", "--set model.name=Phi-3.5-mini-instruct",
                           "nothing billable was started"]),
     "cluster_failed": (1, ["Cluster gpu-a100 is in provisioning state Failed", "nothing billable was started"]),
     "sku_not_allowed": (1, ["is not in the model's fine-tune allow-list", "Use a cluster of an allowed size"]),
-    "finetune_step_fails": (3, ["failed in step finetune", "CUDA out of memory", "std_log.txt"]),
+    "finetune_step_fails": (3, ["failed in step chat_completion_finetune", "CUDA out of memory", "std_log.txt"]),
     "deployment_quota": (1, ["Not enough quota", "Additional needed: 8", "The endpoint was deleted"]),
     "container_crash": (1, ["User container has crashed", "Worker failed to boot", "The endpoint was deleted"]),
     "endpoint_name_taken": (1, ["already exists", "set endpoint.name to another name", "canceled job"]),
@@ -111,6 +112,15 @@ def test_fault(fault, home, capsys):
     assert fake.left_running() == []
     if want_code == 0:
         assert fake.state["fault_hits"][fault] > 0, "the transient fault was injected and retried through"
+
+
+def test_the_notebook_mirror_fails_check_naming_the_successor(home, capsys):
+    """Azure retired Phi-3-mini fine-tuning: the verbatim notebook profile must stop before anything bills."""
+    code, out = cli(capsys, "check", "--profile", NOTEBOOK, "--rehearse")
+    assert code == 1, out
+    assert "Model Phi-3-mini-4k-instruct:15 is archived (fine-tuning retired on 2025-08-30)" in out
+    assert "--set model.name=Phi-4-mini-instruct" in out and "nothing billable was started" in out
+    assert fake_after(home).state["jobs"] == {}
 
 
 def test_submit_then_wait_in_separate_processes(home, capsys):
@@ -134,7 +144,7 @@ def test_submit_then_wait_in_separate_processes(home, capsys):
     assert wait.returncode == 0, wait.stdout + wait.stderr
     result = json.loads(wait.stdout)  # --json: stdout is exactly one JSON document
     assert result["wait"]["status"] == "Completed" and result["ok"] is True
-    assert "step finetune: Completed" in wait.stderr and job in wait.stderr
+    assert "step chat_completion_finetune: Completed" in wait.stderr and job in wait.stderr
 
     code, out = cli(capsys, "teardown", "--rehearse")
     assert code == 0 and "left running: none" in out

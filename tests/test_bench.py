@@ -421,11 +421,11 @@ def test_run_target_on_a_rehearsed_azure_endpoint(tmp_path: Path, capsys: pytest
     """`--run` finds the endpoint in the record, fetches its key through the SDK (from the in-process
     Azure ML fake), samples prompts from the run's prepared split and records outputs.bench."""
     from amlft.backends.azure.backend import AzureBackend
-    from amlft.backends.azure.rehearsal import stop_all
     from amlft.backends.base import StepContext
     from amlft.config import Profile
     from amlft.console import Console
     from amlft.records import RunRecord
+    from amlft.testing.rehearsal import stop_all
 
     repo = Path(__file__).resolve().parents[1]
     profile = Profile.from_yaml(repo / "jobs" / "phi3-mini-ultrachat.yml")

@@ -62,11 +62,21 @@ def _submit(fake: FakeAzureML, tmp_path: Path) -> str:
     return ml.jobs.create_or_update(job, experiment_name="amlft-test").name
 
 
+LEAVES = ["ft_nlp_common_validation", "chat_completion_model_import", "chat_completion_datapreprocess",
+          "chat_completion_finetune", "ft_nlp_model_converter"]
+
+
+def _leaves(ml, name: str) -> list:
+    """The job's one child is the pipeline node; its children are the steps (as on the service)."""
+    (node,) = list(ml.jobs.list(parent_job_name=name))
+    return list(ml.jobs.list(parent_job_name=node.name))
+
+
 def _wait(ml, name: str, polls: int = 60):
     seen: dict[str, set[str]] = {}
     for _ in range(polls):
         job = ml.jobs.get(name)
-        for child in ml.jobs.list(parent_job_name=name):
+        for child in _leaves(ml, name):
             seen.setdefault(child.display_name, set()).add(child.status)
         if job.status in ("Completed", "Failed", "Canceled"):
             return job, seen
@@ -87,7 +97,7 @@ def _deploy(ml, endpoint: str = "amlft-ep-test", instance_type: str = "Standard_
 def test_registry_model_and_component_as_the_reference_flow_saw_them(fake):
     reg = fake.registry_client("azureml")
     model = reg.models.get("Phi-3-mini-4k-instruct", label="latest")
-    assert (model.version, model.stage) == ("15", "Production")
+    assert (model.version, model.stage) == ("15", "Archived")
     assert reg.models.get("Phi-3-mini-4k-instruct", version="15").id == model.id
     assert "Standard_NC24ads_A100_v4" in ast.literal_eval(model.tags["finetune_compute_allow_list"])
     assert "Standard_NC6s_v3" in ast.literal_eval(model.tags["inference_compute_allow_list"])
@@ -145,13 +155,13 @@ def test_pipeline_job_runs_children_to_completion_on_virtual_clock(fake, tmp_pat
     job, seen = _wait(ml, name)
     assert job.status == "Completed"
     assert job.studio_url.startswith("https://ml.azure.com/runs/" + name)
-    assert list(seen) == ["model_import", "preprocess", "finetune", "model_evaluation"]
-    assert {"Running", "Completed"} <= seen["finetune"]
-    finetune = next(c for c in ml.jobs.list(parent_job_name=name) if c.display_name == "finetune")
+    assert list(seen) == LEAVES
+    assert {"Running", "Completed"} <= seen["chat_completion_finetune"]
+    finetune = next(c for c in _leaves(ml, name) if c.display_name == "chat_completion_finetune")
     assert ml.jobs.get(finetune.name).status == "Completed"
     logs = ml.jobs._runs_operations.get_run_details(finetune.name).log_files
     text = requests.get(logs["user_logs/std_log.txt"], timeout=5).text
-    assert "finetune completed successfully" in text
+    assert "chat_completion_finetune completed successfully" in text
 
     model = ml.models.create_or_update(Model(name="phi3-ultrachat", version="1", type="mlflow_model",
                                              path=f"azureml://jobs/{name}/outputs/trained_model",
@@ -177,7 +187,7 @@ def test_cancel(fake, tmp_path):
     ml.jobs.begin_cancel(name).result()
     job, seen = _wait(ml, name)
     assert job.status == "Canceled"
-    assert "Completed" not in seen["model_evaluation"]
+    assert "Completed" not in seen["ft_nlp_model_converter"]
 
 
 def test_endpoint_deployment_keys_scoring_and_delete(fake):
@@ -230,7 +240,7 @@ def test_unknown_routes_fail_loudly_and_loopback_passes_through(fake):
 def test_unknown_fault_is_rejected():
     with pytest.raises(ValueError, match="throttle"):
         FakeAzureML(faults=["nope"])
-    assert len(FAULTS) == 9
+    assert len(FAULTS) == 14 and {"quota_exceeded", "job_not_responding"} <= set(FAULTS)
 
 
 @pytest.mark.parametrize(("fault", "status"), [("throttle", 429), ("server_error", 500)])
@@ -243,10 +253,18 @@ def test_transient_faults_are_retried_to_success(tmp_path, fault, status):
         assert statuses.count(status) == 2 and statuses[-1] == 200
 
 
-def test_model_retired_fault(tmp_path):
-    with FakeAzureML(tmp_path / "f.json", faults=["model_retired"]) as fake:
+def test_the_registry_is_seeded_as_it_is_today_phi3_mini_archived(tmp_path):
+    with FakeAzureML(tmp_path / "f.json") as fake:
         reg = fake.registry_client()
         model = reg.models.get("Phi-3-mini-4k-instruct", label="latest")
+        assert model.stage == "Archived" and model.tags["finetune_deprecation_date"] == "2025-08-30"
+        assert reg.models.get("Phi-4-mini-instruct", label="latest").stage == "Production"
+
+
+def test_model_retired_fault_retires_the_flagship(tmp_path):
+    with FakeAzureML(tmp_path / "f.json", faults=["model_retired"]) as fake:
+        reg = fake.registry_client()
+        model = reg.models.get("Phi-4-mini-instruct", label="latest")
         assert model.stage == "Archived" and model.tags["finetune_deprecation_date"] == "2025-08-30"
         assert reg.models.get("Phi-3.5-mini-instruct", label="latest").stage == "Production"
 
@@ -266,8 +284,9 @@ def test_finetune_step_fails_with_a_log(tmp_path):
         ml = fake.ml_client()
         job, seen = _wait(ml, _submit(fake, tmp_path))
         assert job.status == "Failed"
-        assert "Failed" in seen["finetune"] and "Completed" not in seen["model_evaluation"]
-        child = next(c for c in ml.jobs.list(parent_job_name=job.name) if c.status == "Failed")
+        assert "Failed" in seen["chat_completion_finetune"] and seen["ft_nlp_model_converter"] == {"NotStarted"}
+        child = next(c for c in _leaves(ml, job.name) if c.status == "Failed")
+        assert child.display_name == "chat_completion_finetune"
         details = ml.jobs._runs_operations.get_run_details(child.name)
         assert "CUDA out of memory" in details.error.error.message
         log = requests.get(details.log_files["user_logs/std_log.txt"], timeout=5).text

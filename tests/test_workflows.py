@@ -239,7 +239,7 @@ def test_finetune_workflow_commands_complete_a_rehearsed_run(tmp_path: Path, mon
     from amlft.cli.main import cli
 
     monkeypatch.chdir(tmp_path)
-    for key, value in {"PROFILE": str(ROOT / "jobs" / "phi3-mini-ultrachat.yml"), "BENCH_OUT": str(tmp_path / "bench-out"),
+    for key, value in {"PROFILE": str(ROOT / "jobs" / "phi4-mini-ultrachat.yml"), "BENCH_OUT": str(tmp_path / "bench-out"),
            "RUNNER_TEMP": str(tmp_path)}.items():
         monkeypatch.setenv(key, value)
     run_id = ""

@@ -98,7 +98,8 @@ class PipelineConfig(_Strict):
     version: str | None = None
     label: str | None = "latest"
     experiment_name: str = "amlft-chat-completion"
-    validate_data_step: bool = Field(False, description="run components/validate-chat-data before fine-tuning")
+    stalled_timeout_s: int = Field(1800, ge=0, description="stop `wait` after a job sits this long in NotResponding "
+                                   "or Paused (it keeps its compute; teardown cancels it)")
 
 
 class EndpointConfig(_Strict):
@@ -109,6 +110,8 @@ class EndpointConfig(_Strict):
     request_timeout_ms: int = Field(90_000, ge=1000)
     liveness_initial_delay_s: int = Field(600, ge=0)
     max_concurrent_requests_per_instance: int = Field(1, ge=1)
+    operation_timeout_s: int = Field(1800, ge=1, description="bound on each endpoint/deployment/traffic/delete "
+                                     "operation (Azure's own x-ms-async-operation-timeout is PT30M)")
     # local scoring server
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")

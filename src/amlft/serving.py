@@ -299,9 +299,12 @@ def score(scoring_uri: str, key: str | None, messages: list[dict[str, Any]],
         raise ServiceError(f"Could not reach the endpoint at {url}: {type(exc).__name__}",
                            hint="Is it deployed and running? `amlft endpoint show` prints its URI.") from exc
     if resp.status_code >= 400:
+        from amlft.scoring_errors import explain, kind_of
+
         raise ServiceError(f"The endpoint refused the request: {resp.text[:300]}", status=resp.status_code,
+                           code=kind_of(resp.status_code),
                            request_id=resp.headers.get("x-request-id") or resp.headers.get("x-ms-request-id"),
-                           hint="401/403: wrong key; 424/500: check the deployment logs; 429/503: overloaded, retry.")
+                           hint=explain(resp.status_code, resp.headers))
     payload = resp.json()
     if contract == "openai":
         return str(payload["choices"][0]["message"]["content"])

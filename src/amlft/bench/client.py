@@ -92,7 +92,9 @@ def _send(session: Any, target: Target, messages: list[dict[str, Any]], params: 
         status = resp.status_code
         try:
             if status >= 400:
-                raise _Failure(f"http_{status}", _error_message(resp), status)
+                from amlft.scoring_errors import explain, kind_of
+
+                raise _Failure(kind_of(status), f"{_error_message(resp)} - {explain(status, resp.headers)}", status)
             ctype = resp.headers.get("Content-Type", "")
             if stream and "text/event-stream" in ctype:
                 text, ttft, usage = _read_sse(resp, t0, timeout)

@@ -69,7 +69,8 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Azure backend: run against the in-process Azure ML fake (no subscription, no cost)."),
         click.option("--fault", "faults", multiple=True, metavar="NAME",
                      help="With --rehearse: inject a fault (throttle, server_error, model_retired, cluster_failed, "
-                          "sku_not_allowed, finetune_step_fails, deployment_quota, container_crash, endpoint_name_taken)."),
+                          "sku_not_allowed, finetune_step_fails, job_not_responding, quota_exceeded, deployment_quota, "
+                          "container_crash, endpoint_name_taken, scoring_timeout, scoring_throttled, model_error)."),
         json_option,
         workspace_options,
     ]

@@ -62,12 +62,15 @@ def cli() -> None:
     """Fine-tune a chat model, register it, deploy it, test it - and tear it all down.
 
     With no Azure workspace, `amlft run` does the whole lifecycle on this machine
-    (local backend, offline demo profile). Add `--profile jobs/phi3-mini-ultrachat.yml`
+    (local backend, offline demo profile). Add `--profile jobs/phi4-mini-ultrachat.yml`
     to run it on Azure ML, or `--rehearse` to rehearse the Azure flow offline against
     an in-process fake of the Azure ML REST API.
 
     Steps act on the most recent run in this directory unless --run ID names another.
     """
+    from amlft.testing.rehearsal import install
+
+    install()  # --rehearse: the CLI plugs the fake into the Azure backend's seam (backends never import testing)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -39,11 +39,13 @@ def registry_model_json(model: dict[str, Any], *, retired: bool) -> dict[str, An
     tags = dict(model["tags"])
     stage = model.get("stage")
     archived = bool(model.get("archived"))
-    if retired:
-        # What Phi-3-mini-4k-instruct looks like now: archived, fine-tuning retired 2025-08-30.
-        tags["finetune_deprecation_date"] = "2025-08-30"
-        tags["deprecation_date"] = "2025-08-30"
-        tags["retirement_date"] = "2025-08-30"
+    retired_on = model.get("retired_on") or ("2025-08-30" if retired else None)
+    if retired_on:
+        # What Phi-3-mini-4k-instruct looks like in the azureml registry now: archived, with its
+        # fine-tuning retirement date in the tags (Azure retired it on 2025-08-30).
+        tags["finetune_deprecation_date"] = retired_on
+        tags["deprecation_date"] = retired_on
+        tags["retirement_date"] = retired_on
         stage = "Archived"
         archived = True
     return {

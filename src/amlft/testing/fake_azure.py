@@ -31,6 +31,11 @@ FAULTS = (
     "cluster_failed",
     "sku_not_allowed",
     "finetune_step_fails",
+    "job_not_responding",
+    "quota_exceeded",
+    "scoring_timeout",
+    "scoring_throttled",
+    "model_error",
     "deployment_quota",
     "container_crash",
     "endpoint_name_taken",
@@ -107,7 +112,9 @@ class FakeAzureML:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> FakeAzureML:
-        import responses
+        from amlft.errors import require
+
+        responses = require("responses", extra="rehearse", purpose="amlft's in-process Azure ML fake (--rehearse)")
 
         if self._mock is not None:
             return self
@@ -164,6 +171,14 @@ class FakeAzureML:
         with self._store.transaction() as st:
             if name in st["faults"]:
                 st["faults"].remove(name)
+
+    def add_compute(self, name: str, *, vm_size: str = seed.CLUSTER_SKU, min_nodes: int = 0, max_nodes: int = 2,
+                    idle_seconds: int = 1800) -> None:
+        """Another AmlCompute cluster in the workspace (the seed has one, `gpu-a100`)."""
+        with self._store.transaction() as st:
+            st["computes"][name] = {"vm_size": vm_size, "min_nodes": min_nodes, "max_nodes": max_nodes,
+                                    "idle_seconds": idle_seconds, "provisioning_state": "Succeeded",
+                                    "created": "2025-01-01T00:00:00Z"}
 
     def advance(self, seconds: float) -> None:
         """Move the virtual clock forward (jobs progress, LROs finish)."""

@@ -189,7 +189,7 @@ class FakeHub:
         if self._server is None:
             raise RuntimeError("FakeHub is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # ------------------------------------------------------------------ setup helpers
     def add_token(self, token: str, *, user: str, role: str = "write", orgs: tuple[str, ...] = ()) -> None:
@@ -486,18 +486,10 @@ def validate_card_yaml(content: str, repo_type: str = "model") -> list[str]:
 
     for key in ("language", "datasets", "base_model", "tags", "license"):
         str_or_list(key)
-    lic = meta.get("license")
-    for one in [lic] if isinstance(lic, str) else (lic or []):
+    for one in _entries(meta.get("license")):
         if one not in KNOWN_LICENSES:
             errors.append(f'"license" must be one of the Hub licence ids, got {one!r}')
-    for key, pattern in (("datasets", _REPO_ID), ("base_model", _REPO_ID)):
-        v = meta.get(key)
-        for one in [v] if isinstance(v, str) else (v or []):
-            if isinstance(one, str) and not pattern.match(one) and not re.match(r"^[A-Za-z0-9._-]+$", one):
-                errors.append(f'"{key}" entry {one!r} is not a Hub repo id')
-    for one in [meta.get("language")] if isinstance(meta.get("language"), str) else (meta.get("language") or []):
-        if isinstance(one, str) and not re.match(r"^([a-z]{2,3}(-[A-Za-z0-9]+)*|code|multilingual)$", one):
-            errors.append(f'"language" entry {one!r} is not an ISO 639 code')
+    errors.extend(_validate_ids(meta))
     if repo_type == "model":
         tag = meta.get("pipeline_tag")
         if tag is not None and tag not in PIPELINE_TAGS:
@@ -505,6 +497,23 @@ def validate_card_yaml(content: str, repo_type: str = "model") -> list[str]:
         if meta.get("library_name") is not None and not isinstance(meta["library_name"], str):
             errors.append('"library_name" must be a string')
         errors.extend(_validate_model_index(meta.get("model-index")))
+    return errors
+
+
+def _entries(value: Any) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _validate_ids(meta: dict[str, Any]) -> list[str]:
+    """Repo ids in datasets/base_model and ISO 639 codes in language."""
+    errors: list[str] = []
+    for key in ("datasets", "base_model"):
+        for one in _entries(meta.get(key)):
+            if isinstance(one, str) and not _REPO_ID.match(one) and not re.match(r"^[A-Za-z0-9._-]+$", one):
+                errors.append(f'"{key}" entry {one!r} is not a Hub repo id')
+    for one in _entries(meta.get("language")):
+        if isinstance(one, str) and not re.match(r"^([a-z]{2,3}(-[A-Za-z0-9]+)*|code|multilingual)$", one):
+            errors.append(f'"language" entry {one!r} is not an ISO 639 code')
     return errors
 
 
@@ -558,7 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --------------------------------------------------------------- plumbing
     def _body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -636,29 +645,32 @@ class _Handler(BaseHTTPRequestHandler):
                               content_type="application/vnd.git-lfs+json")
         m = _LFS_PUT.match(path)
         if m and method == "PUT" and not m.group(2):
-            hub.lfs_put(m.group(1), (query.get("sig") or [None])[0], body)
+            hub.lfs_put(m.group(1), (query.get("sig") or [""])[0], body)
             return self._send(200, raw=b"", headers={"ETag": f'"{m.group(1)}"'})
         if m and method == "POST" and m.group(2):
             return self._send(200, hub.lfs_verify(who, m.group(1), json.loads(body or b"{}")))
         m = _RESOLVE.match(path)
         if m and method in ("GET", "HEAD"):
-            repo_type = "dataset" if m.group(1) else "model"
-            sha, f = hub.resolve(who, repo_type, m.group(2), m.group(3), m.group(4))
-            etag = f.lfs_sha256 or f.oid
-            headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-            if f.lfs_sha256:
-                headers.update({"X-Linked-Etag": f'"{f.lfs_sha256}"', "X-Linked-Size": str(len(f.content))})
-            data = f.content
-            rng = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
-            if rng and method == "GET":
-                start = int(rng.group(1))
-                end = int(rng.group(2)) if rng.group(2) else len(data) - 1
-                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-                return self._send(206, raw=data[start:end + 1], headers=headers,
-                                  content_type="application/octet-stream")
-            return self._send(200, raw=data, headers=headers, content_type="application/octet-stream",
-                              head=method == "HEAD")
+            return self._send_file(method, m, who)
         raise HubError(404, f"Not implemented by the fake Hub: {method} {path}")
+
+    def _send_file(self, method: str, m: re.Match[str], who: TokenInfo | None) -> None:
+        """A file download (`/resolve/`), honouring a byte Range as the Hub's CDN does."""
+        repo_type = "dataset" if m.group(1) else "model"
+        sha, f = self.fake.resolve(who, repo_type, m.group(2), m.group(3), m.group(4))
+        etag = f.lfs_sha256 or f.oid
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        if f.lfs_sha256:
+            headers.update({"X-Linked-Etag": f'"{f.lfs_sha256}"', "X-Linked-Size": str(len(f.content))})
+        data = f.content
+        rng = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
+        if rng and method == "GET":
+            start = int(rng.group(1))
+            end = int(rng.group(2)) if rng.group(2) else len(data) - 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            return self._send(206, raw=data[start:end + 1], headers=headers, content_type="application/octet-stream")
+        return self._send(200, raw=data, headers=headers, content_type="application/octet-stream",
+                          head=method == "HEAD")
 
     def do_GET(self) -> None:
         self._dispatch("GET")

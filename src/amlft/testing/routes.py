@@ -28,6 +28,9 @@ def transient_fault(fake: Any, req: FakeRequest, st: dict[str, Any]) -> Reply | 
 
     Only GETs to management.azure.com: azure-core retries GETs on both statuses, but not
     POSTs on 429, and storage's own retry policy would sleep 15 s between attempts.
+    The 429 carries `Retry-After`, as ARM's throttling answers do, and azure-core's
+    RetryPolicy honours it (azure/core/pipeline/policies/_retry.py::RetryPolicy.sleep in
+    azure-core, the one retry layer amlft uses; see backends/azure/retries.py).
     """
     if req.method != "GET" or req.host != "management.azure.com":
         return None

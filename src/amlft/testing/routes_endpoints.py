@@ -1,5 +1,17 @@
 """Managed online endpoints and deployments as long-running operations, their keys and
 logs, and the scoring URI answering the Azure ML chat contract.
+
+What the recordings show, and the fake does on its virtual clock (Azure/azure-sdk-assets,
+python/sdk/ml/azure-ai-ml/tests/recordings/online_services/e2etests/):
+- creating an endpoint answers 201 with `provisioningState: Creating` and `scoringUri: null`
+  (test_online_endpoint.pyTestOnlineEndpointtest_online_endpoint_e2e.json); the URI appears
+  once provisioning has Succeeded;
+- every PUT/DELETE carries `Azure-AsyncOperation` + `Location` and
+  `x-ms-async-operation-timeout: PT30M` (same recording);
+- a traffic update is a PUT answered 201 that still shows the old traffic until the
+  operation is done;
+- creating a deployment takes about ten minutes
+  (test_online_deployment.pyTestOnlineDeploymenttest_online_deployment_create.json).
 """
 
 from __future__ import annotations
@@ -7,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from typing import Any
 
 from amlft.testing import seed
@@ -14,9 +27,10 @@ from amlft.testing.assets import ARM, system_data, workspace_id
 from amlft.testing.http import FAST_POLL, FakeRequest, Reply, Router, reply_empty, reply_error, reply_json
 from amlft.testing.routes_jobs import new_operation, operation_url
 from amlft.testing.routes_workspace import WS
+from amlft.testing.validation import check_deployment, check_endpoint
 
 ENDPOINT_TAKES = 240.0
-DEPLOYMENT_TAKES = 900.0
+DEPLOYMENT_TAKES = 600.0  # ~10 minutes, as in the recorded deployment create
 CRASH_AFTER = 660.0  # the liveness probe gives up after its initial delay
 DELETE_TAKES = 120.0
 UPDATE_TAKES = 60.0
@@ -72,17 +86,29 @@ def scoring_uri(name: str) -> str:
     return f"https://{name}.{seed.LOCATION}.inference.ml.azure.com/score"
 
 
+def traffic_of(ep: dict[str, Any], now: float) -> dict[str, int]:
+    """The traffic in effect: a pending update applies only once its operation is done."""
+    pending = ep.get("pending_traffic")
+    if pending is not None and now >= float(ep.get("traffic_at") or 0):
+        return dict(pending)
+    return dict(ep.get("traffic") or {})
+
+
 def _endpoint_json(name: str, ep: dict[str, Any], now: float) -> dict[str, Any]:
     body = ep["body"]
     props = dict(body.get("properties") or {})
+    provisioned = now >= float(ep.get("provisioned_at", ep["ready_at"]))
     props.update({
         "provisioningState": _endpoint_state(ep, now),
-        "scoringUri": scoring_uri(name),
-        "swaggerUri": f"https://{name}.{seed.LOCATION}.inference.ml.azure.com/swagger.json",
+        "scoringUri": scoring_uri(name) if provisioned else None,
+        "swaggerUri": f"https://{name}.{seed.LOCATION}.inference.ml.azure.com/swagger.json" if provisioned else None,
         "authMode": props.get("authMode") or "Key",
-        "traffic": ep.get("traffic", {}),
+        "traffic": traffic_of(ep, now),
         "mirrorTraffic": props.get("mirrorTraffic") or {},
         "publicNetworkAccess": props.get("publicNetworkAccess") or "Enabled",
+        # the service always answers its own properties (test_online_endpoint_e2e.json)
+        "properties": {**(props.get("properties") or {}),
+                       "azureml.onlineendpointid": f"{workspace_id()}/onlineEndpoints/{name}".lower()},
     })
     return {
         "id": f"{workspace_id()}/onlineEndpoints/{name}",
@@ -120,12 +146,16 @@ def _deployment_json(endpoint: str, name: str, dep: dict[str, Any], now: float) 
 
 def _lro_headers(op: str) -> dict[str, str]:
     return {"Azure-AsyncOperation": operation_url(op, "mfeOperationsStatus"),
-            "Location": operation_url(op, "mfeOperationResults"), **FAST_POLL}
+            "Location": operation_url(op, "mfeOperationResults"), "x-ms-async-operation-timeout": "PT30M",
+            **FAST_POLL}
 
 
 # -- endpoints ----------------------------------------------------------------------------------------
 def put_endpoint(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str, ws: str, name: str) -> Reply:
     body = req.json()
+    refused = check_endpoint(st, name, body)
+    if refused:
+        return refused
     ep = st["endpoints"].get(name)
     now = st["clock"]
     if _alive(ep, now) and ep.get("deleted_at") is None:
@@ -139,11 +169,13 @@ def put_endpoint(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: 
                                    f"Traffic for endpoint {name} names deployments that do not exist: {unknown}.")
             if sum(int(v) for v in new_traffic.values()) not in (0, 100):
                 return reply_error(400, "BadArgument", "Traffic percentages must add up to 0 or 100.")
-            ep["traffic"] = {k: int(v) for k, v in new_traffic.items()}
+            ep["traffic"] = traffic_of(ep, now)  # an earlier pending update may have landed
+            ep["pending_traffic"] = {k: int(v) for k, v in new_traffic.items()}
+            ep["traffic_at"] = now + UPDATE_TAKES
         ep["updates"] = ep.get("updates", 0) + 1
         ep["ready_at"] = max(ep["ready_at"], now + UPDATE_TAKES)
         op = new_operation(fake, st, kind="endpoint_update", target=name, takes=ep["ready_at"] - now)
-        return reply_json(200, _endpoint_json(name, ep, now), _lro_headers(op))
+        return reply_json(201, _endpoint_json(name, ep, now), _lro_headers(op))
     taken = name in st.get("taken_endpoint_names", []) or "endpoint_name_taken" in st["faults"]
     if taken:
         return reply_error(
@@ -153,7 +185,8 @@ def put_endpoint(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: 
     if (body.get("properties") or {}).get("traffic"):
         return reply_error(400, "BadArgument", "Traffic cannot be set before the endpoint has deployments.")
     st["endpoints"][name] = {
-        "body": body, "created": now, "ready_at": now + ENDPOINT_TAKES, "traffic": {}, "deleted_at": None,
+        "body": body, "created": now, "ready_at": now + ENDPOINT_TAKES, "provisioned_at": now + ENDPOINT_TAKES,
+        "traffic": {}, "deleted_at": None,
         "keys": {"primaryKey": _key(name, "primary", now), "secondaryKey": _key(name, "secondary", now)},
     }
     op = new_operation(fake, st, kind="endpoint_create", target=name, takes=ENDPOINT_TAKES)
@@ -222,6 +255,9 @@ def put_deployment(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg
         return reply_error(409, "Conflict", f"Endpoint {endpoint} is still {_endpoint_state(ep, now)}; retry when "
                            "its provisioning has finished.")
     body = req.json()
+    refused = check_deployment(st, f"{endpoint}/{name}", body)
+    if refused:
+        return refused
     props = body.get("properties") or {}
     instance_type = props.get("instanceType") or "Standard_DS3_v2"
     count = int((body.get("sku") or {}).get("capacity") or 1)
@@ -278,13 +314,12 @@ def delete_deployment(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str,
     if not _alive(dep, now):
         return reply_empty(204)
     ep = st["endpoints"].get(endpoint)
-    if ep and ep.get("traffic", {}).get(name):
-        return reply_error(400, "BadArgument", f"Deployment {name} still receives {ep['traffic'][name]}% of the "
+    share = traffic_of(ep, now).get(name) if ep else None
+    if share:
+        return reply_error(400, "BadArgument", f"Deployment {name} still receives {share}% of the "
                            f"traffic of endpoint {endpoint}; set its traffic to 0 first.")
     if dep.get("deleted_at") is None:
         dep["deleted_at"] = now + DELETE_TAKES
-        if ep:
-            ep.get("traffic", {}).pop(name, None)
     op = new_operation(fake, st, kind="deployment_delete", target=key, takes=dep["deleted_at"] - now)
     return reply_empty(202, _lro_headers(op))
 
@@ -303,38 +338,80 @@ def get_logs(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str,
 
 
 # -- scoring -----------------------------------------------------------------------------------------------
+# Scoring errors as managed online endpoints answer them ("Troubleshoot online endpoint deployment and
+# scoring", HTTP status codes: https://learn.microsoft.com/azure/machine-learning/how-to-troubleshoot-online-endpoints
+# #http-status-codes): 401 bad key, 404 no deployment takes traffic, 408 request_timeout_ms exceeded,
+# 424 model container error (with ms-azureml-model-error-statuscode/-reason), 429 past
+# 2 x max_concurrent_requests_per_instance x instances in flight. Every answer carries x-request-id.
+def _scoring_error(status: int, message: str, request_id: str, extra: dict[str, str] | None = None) -> Reply:
+    return status, {"Content-Type": "application/json", "x-request-id": request_id, **(extra or {})}, json.dumps(
+        {"message": message})
+
+
+def _in_flight_limit(dep: dict[str, Any]) -> int:
+    props = dep["body"].get("properties") or {}
+    per_instance = int((props.get("requestSettings") or {}).get("maxConcurrentRequestsPerInstance") or 1)
+    instances = int((dep["body"].get("sku") or {}).get("capacity") or 1)
+    return 2 * per_instance * instances
+
+
+def _throttled(st: dict[str, Any], key: str, dep: dict[str, Any]) -> bool:
+    """Requests that arrive at the same virtual instant are in flight together (the clock does not
+    move while scoring), so the (limit+1)-th of a burst is over the limit."""
+    burst = st.setdefault("score_bursts", {}).get(key)
+    if burst is None or burst["clock"] != st["clock"]:
+        burst = {"clock": st["clock"], "count": 0}
+    burst["count"] += 1
+    st["score_bursts"][key] = burst
+    return bool(burst["count"] > _in_flight_limit(dep))
+
+
 def score(fake: Any, req: FakeRequest, st: dict[str, Any]) -> Reply:
     name = req.host.split(".", 1)[0]
     now = st["clock"]
+    request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amlft-fake/score/{fake.next_seq(st)}"))
     ep = st["endpoints"].get(name)
     if not _alive(ep, now) or ep.get("deleted_at") is not None:
-        return 404, {"Content-Type": "text/plain"}, f"No online endpoint named {name} (rehearsal fake)."
+        return _scoring_error(404, f"No online endpoint named {name} (rehearsal fake).", request_id)
     auth = req.headers.get("authorization", "")
     if auth not in (f"Bearer {ep['keys']['primaryKey']}", f"Bearer {ep['keys']['secondaryKey']}"):
-        return reply_json(401, {"message": "Unauthorized: a valid endpoint key is required "
-                                           "(Authorization: Bearer <key>)."})
+        return _scoring_error(401, "Unauthorized: a valid endpoint key is required (Authorization: Bearer <key>).",
+                              request_id)
     chosen = req.headers.get("azureml-model-deployment")
-    live = {d: p for d, p in ep.get("traffic", {}).items() if p > 0}
+    live = {d: p for d, p in traffic_of(ep, now).items() if p > 0}
     if chosen is None:
         if not live:
-            return reply_json(424, {"message": f"No deployment of endpoint {name} receives traffic."})
+            return _scoring_error(404, "No valid deployments to route to. Please check that the endpoint has at "
+                                       "least one deployment with positive weight values or use a deployment "
+                                       "specific header to route.", request_id)
         chosen = max(live, key=lambda d: live[d])
     dep = st["deployments"].get(f"{name}/{chosen}")
     if not _alive(dep, now) or _deployment_state(dep, now) != "Succeeded":
-        return reply_json(424, {"message": f"Deployment {chosen} of endpoint {name} is not ready."})
+        return _scoring_error(404, f"Deployment {chosen} of endpoint {name} is not ready.", request_id)
+    if "scoring_throttled" in st["faults"] and _throttled(st, f"{name}/{chosen}", dep):
+        return _scoring_error(429, "Too many requests: the deployment already has "
+                                   f"{_in_flight_limit(dep)} requests in flight.", request_id)
+    if "scoring_timeout" in st["faults"]:
+        timeout_ms = ((dep["body"].get("properties") or {}).get("requestSettings") or {}).get("requestTimeout")
+        return _scoring_error(408, f"Request timed out after {timeout_ms or 'PT5S'} (request_timeout_ms).", request_id)
+    if "model_error" in st["faults"]:
+        return _scoring_error(424, "An error occurred in the model container while scoring.", request_id,
+                              {"ms-azureml-model-error-statuscode": "500",
+                               "ms-azureml-model-error-reason": "torch.OutOfMemoryError: CUDA out of memory"})
     from amlft.serving import ContractError, parse_azureml_request
 
     try:
         messages, params = parse_azureml_request(req.json())
     except (ValueError, ContractError) as exc:  # the same contract checks as a real chat image
-        return reply_json(400, {"message": f"Bad request for the Azure ML chat contract: {exc}"})
+        return _scoring_error(400, f"Bad request for the Azure ML chat contract: {exc}", request_id)
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     answer = (f"[rehearsal] This answer comes from the amlft in-process Azure ML fake (endpoint {name}, "
               f"deployment {chosen}), not from a real model. You asked: {str(last_user)[:120]!r}")
     max_new = params.get("max_new_tokens")
     if isinstance(max_new, int) and max_new > 0:
         answer = " ".join(answer.split(" ")[: max(max_new, 12)])
-    return 200, {"Content-Type": "application/json", "azureml-model-deployment": chosen}, json.dumps({"output": answer})
+    return 200, {"Content-Type": "application/json", "azureml-model-deployment": chosen,
+                 "x-request-id": request_id}, json.dumps({"output": answer})
 
 
 def register(router: Router) -> None:

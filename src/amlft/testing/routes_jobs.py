@@ -1,14 +1,26 @@
 """Pipeline jobs on the virtual clock: MFE job create/get/list/cancel, the run-history
 routes the SDK uses for child steps, and their log files.
 
-A submitted pipeline runs the four steps of `chat_completion_pipeline` one after the
-other; every status is a pure function of the job record and the clock, so a second
-process that loads the state file sees exactly the same job.
+A submitted job runs `chat_completion_pipeline`, a *pipeline component*, so run history
+nests the way the service nests it: the job's only child is the pipeline node, and the
+node's children are the five leaf steps that chat_completion_pipeline 0.0.82 wires
+(assets/training/finetune_acft_hf_nlp/components/pipeline_components/chat_completion/spec.yaml
+in Azure/azureml-assets: ft_nlp_common_validation -> chat_completion_model_import ->
+chat_completion_datapreprocess -> chat_completion_finetune -> ft_nlp_model_converter).
+The SDK turns run-history children into `_BaseJob`s of type "base"
+(azure/ai/ml/entities/_job/base_job.py::_BaseJob._load_from_rest in azure-ai-ml 1.35.2),
+so a client can tell the node from a leaf only by its run properties: the node carries
+`StepType: SubGraphCloudStep`, as the Azure ML CLI's pipeline-reuse helper
+(`is_subgraph(run_info)`) reads it.
+
+Every status is a pure function of the job record and the clock, so a second process
+that loads the state file sees exactly the same job.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from typing import Any
 
@@ -16,16 +28,24 @@ from amlft.testing import seed
 from amlft.testing.assets import ARM, iso, system_data, workspace_id
 from amlft.testing.http import FAST_POLL, FakeRequest, Reply, Router, reply_error, reply_json
 from amlft.testing.routes_workspace import WS
+from amlft.testing.validation import check_job_components
 
-# (step, queued seconds, running seconds) — finetune queues longer: the cluster scales up from 0.
-STEPS: tuple[tuple[str, float, float], ...] = (
-    ("model_import", 60, 240),
-    ("preprocess", 60, 240),
-    ("finetune", 240, 1800),
-    ("model_evaluation", 60, 420),
+# The phases a command step on AmlCompute walks through, in the order the service reports them
+# (JobStatus in specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/
+# stable/2024-04-01/mfe.json): Queued while the cluster scales up, Preparing while the image is
+# pulled and data mounted, Running, Finalizing while outputs upload.
+PHASES = ("Queued", "Preparing", "Running", "Finalizing")
+# (leaf step, seconds per phase) - finetune queues longest: the cluster scales up from 0 nodes.
+STEPS: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
+    ("ft_nlp_common_validation", (60, 60, 60, 30)),
+    ("chat_completion_model_import", (30, 60, 240, 60)),
+    ("chat_completion_datapreprocess", (30, 60, 180, 30)),
+    ("chat_completion_finetune", (240, 120, 1800, 120)),
+    ("ft_nlp_model_converter", (30, 60, 420, 60)),
 )
+FINETUNE_STEP = "chat_completion_finetune"
 PARENT_START_DELAY = 60.0
-FINETUNE_FAILS_AFTER = 300.0
+FINETUNE_FAILS_AFTER = 300.0  # seconds of Running before the injected failure / hang
 CANCEL_TAKES = 60.0
 TERMINAL = ("Completed", "Failed", "Canceled")
 
@@ -47,51 +67,60 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ha
 unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid \
 fragmentation. See documentation for Memory Management (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)
 """
-OOM_MESSAGE = ("UserError: CUDA out of memory in step 'finetune' (torch.OutOfMemoryError: tried to allocate "
-               "2.00 GiB; GPU 0 has 1.06 GiB free of 79.15 GiB). Reduce per_device_train_batch_size or "
+OOM_MESSAGE = ("UserError: CUDA out of memory in step 'chat_completion_finetune' (torch.OutOfMemoryError: tried "
+               "to allocate 2.00 GiB; GPU 0 has 1.06 GiB free of 79.15 GiB). Reduce per_device_train_batch_size or "
                "max_seq_length, enable apply_lora / deepspeed, or use a larger GPU SKU.")
 
 
 # -- the timeline -------------------------------------------------------------------------------
+def _leaf_plan(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """When each leaf starts, changes phase and ends (None: never / not on its own)."""
+    t = job["created"] + PARENT_START_DELAY
+    plan: list[dict[str, Any]] = []
+    broken = job.get("fail_step") or job.get("hang_step")
+    blocked = False
+    for name, durations in STEPS:
+        if blocked:  # continue_on_step_failure is false: later steps never start
+            plan.append({"step": name, "start": None, "bounds": [], "end": None, "outcome": None})
+            continue
+        bounds = [t]
+        for d in durations:
+            bounds.append(bounds[-1] + d)
+        outcome = "Completed"
+        end: float | None = bounds[-1]
+        if name == broken:
+            run_start = bounds[2]
+            bounds = [*bounds[:3], run_start + FINETUNE_FAILS_AFTER]
+            outcome = "Failed" if job.get("fail_step") else "NotResponding"
+            end = bounds[-1] if outcome == "Failed" else None
+            blocked = True
+        plan.append({"step": name, "start": t, "bounds": bounds, "end": end, "outcome": outcome})
+        if end is not None:
+            t = end
+    return plan
+
+
 def timeline(job: dict[str, Any], now: float) -> dict[str, Any]:
-    """Parent and per-step status at virtual time `now`."""
+    """Parent, pipeline-node and per-leaf status at virtual time `now`."""
     created = job["created"]
     cancel_at = job.get("cancel_requested")
-    t = created + PARENT_START_DELAY
-    steps: list[dict[str, Any]] = []
-    failed_at: float | None = None
-    for name, queued, running in STEPS:
-        start = t
-        run_start = start + queued
-        end = run_start + running
-        fails = job.get("fail_step") == name
-        if fails:
-            end = run_start + FINETUNE_FAILS_AFTER
-        steps.append({"step": name, "start": start, "run_start": run_start, "end": end, "fails": fails})
-        if fails:
-            failed_at = end
-            break
-        t = end
-    # Steps after a failure never start (continue_on_step_failure is false).
-    if failed_at is not None:
-        for name, _, _ in STEPS[len(steps):]:
-            steps.append({"step": name, "start": None, "run_start": None, "end": None, "fails": False})
     stop_at = cancel_at + CANCEL_TAKES if cancel_at is not None else None
-
+    steps = _leaf_plan(job)
     for s in steps:
         s["status"] = _step_status(s, now, cancel_at, stop_at)
+    failed_at = next((s["end"] for s in steps if s["outcome"] == "Failed"), None)
+    last_end = steps[-1]["end"]
     if failed_at is not None and now >= failed_at and (cancel_at is None or cancel_at > failed_at):
         parent, parent_end = "Failed", failed_at
     elif cancel_at is not None and (failed_at is None or cancel_at <= failed_at) and now >= cancel_at:
-        last_end = steps[-1]["end"]
         if last_end is not None and cancel_at >= last_end:
             parent, parent_end = ("Completed", last_end) if now >= last_end else ("Running", None)
         else:
-            parent, parent_end = ("Canceled", stop_at) if now >= stop_at else ("CancelRequested", None)
+            parent, parent_end = ("Canceled", stop_at) if now >= (stop_at or now) else ("CancelRequested", None)
     elif now < created + PARENT_START_DELAY:
         parent, parent_end = "NotStarted", None
-    elif steps[-1]["end"] is not None and now >= steps[-1]["end"]:
-        parent, parent_end = "Completed", steps[-1]["end"]
+    elif last_end is not None and now >= last_end:
+        parent, parent_end = "Completed", last_end
     else:
         parent, parent_end = "Running", None
     return {"status": parent, "start": created + PARENT_START_DELAY, "end": parent_end, "steps": steps}
@@ -99,18 +128,20 @@ def timeline(job: dict[str, Any], now: float) -> dict[str, Any]:
 
 def _step_status(s: dict[str, Any], now: float, cancel_at: float | None, stop_at: float | None) -> str:
     if s["start"] is None:
-        return "NotStarted" if cancel_at is None else "Canceled"
-    if cancel_at is not None and cancel_at < s["end"] and now >= cancel_at:
+        return "NotStarted" if cancel_at is None or now < cancel_at else (
+            "Canceled" if now >= (stop_at or now) else "NotStarted")
+    end = s["end"]
+    if cancel_at is not None and (end is None or cancel_at < end) and now >= cancel_at:
         if cancel_at < s["start"]:
             return "Canceled" if now >= (stop_at or cancel_at) else "NotStarted"
         return "Canceled" if now >= (stop_at or cancel_at) else "CancelRequested"
     if now < s["start"]:
         return "NotStarted"
-    if now < s["run_start"]:
-        return "Queued"
-    if now < s["end"]:
-        return "Running"
-    return "Failed" if s["fails"] else "Completed"
+    bounds = s["bounds"]
+    for phase, upper in zip(PHASES, bounds[1:], strict=False):
+        if now < upper:
+            return phase
+    return str(s["outcome"])
 
 
 def _tick(fake: Any, st: dict[str, Any]) -> None:
@@ -155,20 +186,28 @@ def put_job(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str, 
         return reply_error(400, "UserError", f"The fake runs pipeline jobs only; got jobType {props.get('jobType')!r}.")
     if name in st["jobs"]:
         return reply_json(200, _job_json(name, st["jobs"][name], st["clock"]))
+    refused = check_job_components(st, name, body)
+    if refused:
+        return refused
     cluster = _cluster_of({"body": body})
     if cluster and cluster != "serverless" and cluster not in st["computes"]:
         return reply_error(400, "UserError", f"Compute target '{cluster}' not found in workspace {ws}.")
+    node = next(iter(props.get("jobs") or {"chat_completion_pipeline": None}), "chat_completion_pipeline")
     job = {
         "body": body,
         "created": st["clock"],
-        "fail_step": "finetune" if "finetune_step_fails" in st["faults"] else None,
+        "fail_step": FINETUNE_STEP if "finetune_step_fails" in st["faults"] else None,
+        "hang_step": FINETUNE_STEP if "job_not_responding" in st["faults"] else None,
         "cancel_requested": None,
-        # A list, not a dict: the state file is written with sorted keys, and step order matters.
-        "children": [[step, _child_name(name, step)] for step, _, _ in STEPS],
+        # Lists, not dicts: the state file is written with sorted keys, and step order matters.
+        "node": [node, _child_name(name, node)],
+        "leaves": [[step, _child_name(name, step)] for step, _ in STEPS],
     }
     st["jobs"][name] = job
-    for step, child in job["children"]:
-        st.setdefault("child_runs", {})[child] = {"parent": name, "step": step}
+    links = st.setdefault("child_runs", {})
+    links[job["node"][1]] = {"parent": name, "step": node, "node": True}
+    for step, child in job["leaves"]:
+        links[child] = {"parent": name, "step": step, "node": False}
     return reply_json(201, _job_json(name, job, st["clock"]))
 
 
@@ -241,35 +280,44 @@ def operation_status(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, 
 
 # -- run history -----------------------------------------------------------------------------------
 def _run_json(child: str, st: dict[str, Any]) -> dict[str, Any]:
+    """A run-history Run for the pipeline node or a leaf step (the shape get_child returns)."""
     link = st["child_runs"][child]
-    parent = st["jobs"][link["parent"]]
+    job_name = link["parent"]
+    parent = st["jobs"][job_name]
     tl = timeline(parent, st["clock"])
-    step = next(s for s in tl["steps"] if s["step"] == link["step"])
     cluster = _cluster_of(parent)
+    if link.get("node"):
+        status, started, ended = tl["status"], tl["start"], tl["end"]
+        step_type, parent_run = "SubGraphCloudStep", job_name
+    else:
+        step = next(s for s in tl["steps"] if s["step"] == link["step"])
+        status, ended = step["status"], step["end"]
+        started = step["bounds"][2] if step["bounds"] else None
+        step_type, parent_run = "CommandStep", parent["node"][1]
     run: dict[str, Any] = {
         "runId": child,
         "runUuid": child,
-        "parentRunId": link["parent"],
-        "rootRunId": link["parent"],
+        "parentRunId": parent_run,
+        "rootRunId": job_name,
         "experimentId": "00000000-0000-0000-0000-0000000000e1",
         "name": link["step"],
         "displayName": link["step"],
-        "status": step["status"],
+        "status": status,
         "runType": "azureml.StepRun",
         "createdUtc": iso(parent["created"]),
-        "startTimeUtc": iso(step["run_start"]) if step["status"] not in ("NotStarted", "Queued") else None,
-        "endTimeUtc": iso(step["end"]) if step["status"] in TERMINAL and step["end"] else None,
+        "startTimeUtc": iso(started) if started is not None and status not in ("NotStarted", "Queued") else None,
+        "endTimeUtc": iso(ended) if status in TERMINAL and ended else None,
         "createdBy": {"userName": "amlft-rehearsal", "userObjectId": "44444444-4444-4444-4444-444444444444"},
         "lastModifiedUtc": iso(st["clock"]),
-        "tags": {"azureml.nodeid": link["step"], "azureml.pipeline": link["parent"]},
-        "properties": {"azureml.runsource": "azureml.StepRun", "StepType": "PythonScriptStep",
+        "tags": {"azureml.nodeid": link["step"], "azureml.pipeline": job_name},
+        "properties": {"azureml.runsource": "azureml.StepRun", "StepType": step_type,
                        "azureml.nodeid": link["step"]},
         "target": cluster,
         "compute": {"target": cluster, "targetType": "AmlCompute", "vmSize": seed.CLUSTER_SKU, "gpuCount": 1,
-                    "instanceCount": 1} if cluster else None,
+                    "instanceCount": 1} if cluster and not link.get("node") else None,
         "services": {"Studio": {"endpoint": _studio_url(child)}},
     }
-    if step["status"] == "Failed":
+    if status == "Failed" and not link.get("node"):
         run["error"] = {"error": {"code": "UserError", "message": OOM_MESSAGE, "messageFormat": OOM_MESSAGE}}
     return run
 
@@ -310,20 +358,28 @@ def get_run_details(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, r
     details = {k: body.get(k) for k in ("runId", "parentRunId", "status", "startTimeUtc", "endTimeUtc",
                                         "error", "tags", "properties", "target")}
     details["createdTimeUtc"] = body["createdUtc"]
-    details["logFiles"] = {}
-    if body["status"] not in ("NotStarted", "Queued"):
+    logs: dict[str, str] = {}
+    if body["status"] not in ("NotStarted", "Queued") and not st["child_runs"][run].get("node"):
         for log in ("user_logs/std_log.txt", "system_logs/lifecycler/execution-wrapper.log"):
-            details["logFiles"][log] = log_url(req, run, log)
+            logs[log] = log_url(req, run, log)
+    details["logFiles"] = logs
     return reply_json(200, details)
 
 
 def list_children(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg: str, ws: str, run: str,
                   **_: str) -> Reply:
+    """The job's child is the pipeline node; the node's children are the leaf steps; leaves have none."""
     job = st["jobs"].get(run)
-    if job is None:
+    link = st.get("child_runs", {}).get(run)
+    if job is not None:
+        kids = [job["node"][1]]
+    elif link is not None and link.get("node"):
+        kids = [child for _, child in st["jobs"][link["parent"]]["leaves"]]
+    elif link is not None:
+        kids = []
+    else:
         return reply_error(404, "UserError", f"Run {run} not found.")
-    runs = [_run_json(child, st) for _, child in job["children"]]
-    return reply_json(200, {"value": runs, "continuationToken": None, "nextLink": None})
+    return reply_json(200, {"value": [_run_json(k, st) for k in kids], "continuationToken": None, "nextLink": None})
 
 
 # -- logs -------------------------------------------------------------------------------------------
@@ -334,33 +390,45 @@ def log_url(req: FakeRequest, run: str, log: str) -> str:
 
 def step_log(st: dict[str, Any], run: str, log: str) -> str | None:
     link = st.get("child_runs", {}).get(run)
-    if link is None:
+    if link is None or link.get("node"):
         return None
     parent = st["jobs"][link["parent"]]
     tl = timeline(parent, st["clock"])
     step = next(s for s in tl["steps"] if s["step"] == link["step"])
-    if step["status"] in ("NotStarted", "Queued"):
+    if step["status"] in ("NotStarted", "Queued") or not step["bounds"]:
         return None
+    run_start = step["bounds"][2]
     if log.startswith("system_logs"):
-        return f"[{iso(step['run_start'])}] execution-wrapper: starting step {link['step']}\n"
-    lines = [f"[{iso(step['run_start'])}] Starting {link['step']} on {_cluster_of(parent)} ({seed.CLUSTER_SKU})"]
-    if link["step"] == "finetune":
+        return f"[{iso(run_start)}] execution-wrapper: starting step {link['step']}\n"
+    lines = [f"[{iso(run_start)}] Starting {link['step']} on {_cluster_of(parent)} ({seed.CLUSTER_SKU})"]
+    if link["step"] == FINETUNE_STEP:
         lines += [
-            "Loading model from azureml://registries/azureml/models/Phi-3-mini-4k-instruct",
+            "Loading model from " + _model_path(parent),
             "DeepSpeed stage 2 enabled; LoRA r=8 alpha=128",
             "***** Running training *****",
             "  Num examples = 512, Num Epochs = 3, Instantaneous batch size per device = 1",
             "{'loss': 1.4211, 'learning_rate': 4.9e-06, 'epoch': 0.1}",
         ]
-        if step["fails"]:
+        if step["status"] == "Failed":
             lines += OOM_TRACEBACK.rstrip("\n").split("\n")
-            lines.append("Step finetune failed with exit code 1.")
+            lines.append(f"Step {FINETUNE_STEP} failed with exit code 1.")
             return "\n".join(lines) + "\n"
+        if step["status"] == "NotResponding":
+            lines.append("[NCCL] rank 0 waiting on allreduce (no progress for 600 s)")
     if step["status"] == "Completed":
         lines.append(f"[{iso(step['end'])}] {link['step']} completed successfully.")
     elif step["status"] == "Canceled":
         lines.append("Received SIGTERM: the run was canceled.")
     return "\n".join(lines) + "\n"
+
+
+def _model_path(job: dict[str, Any]) -> str:
+    props = job["body"].get("properties") or {}
+    for node in (props.get("jobs") or {}).values():
+        path = (((node or {}).get("inputs") or {}).get("mlflow_model_path") or {}).get("uri")
+        if path:
+            return str(path)
+    return "azureml://registries/azureml/models/(unknown)"
 
 
 def get_log_blob(fake: Any, req: FakeRequest, st: dict[str, Any], run: str, log: str) -> Reply:
@@ -372,7 +440,7 @@ def get_log_blob(fake: Any, req: FakeRequest, st: dict[str, Any], run: str, log:
     data = text.encode("utf-8")
     return 200, {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(data)),
                  "x-ms-blob-type": "AppendBlob", "ETag": '"0x1"',
-                 "Content-MD5": base64.b64encode(__import__("hashlib").md5(data).digest()).decode()}, data
+                 "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()}, data
 
 
 def register(router: Router) -> None:

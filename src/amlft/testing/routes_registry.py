@@ -17,7 +17,7 @@ def discovery(fake: Any, req: FakeRequest, st: dict[str, Any], registry: str) ->
         "registryName": registry,
         "tenantId": "22222222-2222-2222-2222-222222222222",
         "primaryRegion": seed.LOCATION,
-        "regions": [seed.LOCATION, "westus", "westeurope"],
+        "regions": list(seed.REGISTRY_REGIONS),
         "subscriptionId": seed.REGISTRY_SUBSCRIPTION_ID,
         "resourceGroup": seed.REGISTRY_RESOURCE_GROUP,
         "workspaceName": None,
@@ -32,7 +32,8 @@ def register(router: Router) -> None:
 
 
 def _retired(st: dict[str, Any], name: str) -> bool:
-    return "model_retired" in st["faults"] and name == "Phi-3-mini-4k-instruct"
+    """The `model_retired` fault retires the flagship too (Phi-3-mini is archived in the seed itself)."""
+    return "model_retired" in st["faults"] and name == seed.FLAGSHIP_MODEL
 
 
 def _versions_sorted(versions: dict[str, Any]) -> list[str]:

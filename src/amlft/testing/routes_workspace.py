@@ -138,6 +138,11 @@ def list_computes(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, rg:
                             "nextLink": None})
 
 
+# Shapes: `VirtualMachineSizeListResult` / `ListUsagesResult` in Azure/azure-rest-api-specs,
+# specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/
+# 2024-04-01/machineLearningServices.json (example: .../2024-04-01/examples/Usage/list.json).
+# The SDK entities built from them drop vCPUs and currentValue (azure-ai-ml 1.35.2), which is
+# why amlft reads these JSON shapes directly (backends/azure/quota.py).
 def list_vm_sizes(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, loc: str) -> Reply:
     bad = _check_scope(sub)
     if bad:
@@ -157,7 +162,10 @@ def list_usages(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, loc: 
     if bad:
         return bad
     values = []
-    for family, (used, limit) in seed.QUOTA.items():
+    quota = dict(seed.QUOTA)
+    if "quota_exceeded" in st["faults"]:
+        quota.update(seed.QUOTA_EXCEEDED)
+    for family, (used, limit) in quota.items():
         values.append({
             "id": f"/subscriptions/{sub}/providers/{ARM}/locations/{loc}/usages/{family}",
             "amlWorkspaceLocation": loc,
@@ -170,7 +178,7 @@ def list_usages(fake: Any, req: FakeRequest, st: dict[str, Any], sub: str, loc: 
     values.append({
         "id": f"/subscriptions/{sub}/providers/{ARM}/locations/{loc}/usages/TotalCores",
         "amlWorkspaceLocation": loc, "type": f"{ARM}/usages", "unit": "Count",
-        "currentValue": sum(u for u, _ in seed.QUOTA.values()), "limit": 400,
+        "currentValue": sum(u for u, _ in quota.values()), "limit": seed.REGIONAL_VCPU_LIMIT,
         "name": {"value": "Total Cluster Dedicated Regional vCPUs",
                  "localizedValue": "Total Cluster Dedicated Regional vCPUs"},
     })

@@ -1,5 +1,8 @@
-"""What the fake's world starts with: the workspace, cluster, registry and quota as the
-reference Phi-3 / ultrachat notebook saw them (before Phi-3-mini's fine-tuning retired).
+"""What the fake's world starts with: the workspace, cluster, registry and quota.
+
+The registry is seeded as it is today: Phi-3-mini-4k-instruct (the reference notebook's
+model) is archived, its fine-tuning retired on 2025-08-30; Phi-4-mini-instruct, the
+flagship of jobs/phi4-mini-ultrachat.yml, is current.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ LOCATION = "eastus"
 CLUSTER_NAME = "gpu-a100"
 CLUSTER_SKU = "Standard_NC24ads_A100_v4"
 REGISTRY_NAME = "azureml"
+REGISTRY_REGIONS = ["eastus", "westus", "westeurope"]
+FLAGSHIP_MODEL = "Phi-4-mini-instruct"
+PHI3_RETIRED_ON = "2025-08-30"
 REGISTRY_SUBSCRIPTION_ID = "11111111-1111-1111-1111-111111111111"
 REGISTRY_RESOURCE_GROUP = "registry-builtin-prod-eastus-01"
 STORAGE_ACCOUNT = "amlftrehearsalstore"
@@ -35,6 +41,11 @@ PHI3_DEFAULTS = {
     "apply_deepspeed": "true", "deepspeed_stage": "2", "apply_lora": "true", "precision": "16",
     "ignore_mismatched_sizes": "false", "num_train_epochs": "1", "per_device_train_batch_size": "1",
     "learning_rate_min": "1e-06", "learning_rate_max": "5e-05", "max_seq_length": "4096",
+}
+PHI4_DEFAULTS = {
+    "apply_deepspeed": "true", "deepspeed_stage": "2", "apply_lora": "true", "precision": "16",
+    "ignore_mismatched_sizes": "false", "num_train_epochs": "1", "per_device_train_batch_size": "1",
+    "max_seq_length": "4096",
 }
 
 # name -> (family, vCPUs, memory GB, GPUs); the issue's GPU table plus two CPU sizes.
@@ -71,6 +82,13 @@ QUOTA = {
     "standardDSv2Family": (8, 100),
     "standardESv3Family": (0, 100),
 }
+REGIONAL_VCPU_LIMIT = 400
+# The `quota_exceeded` fault: the A100 family's limit is below one NC24ads node, and the
+# endpoint's NCSv3 family is mostly used by someone else's deployments.
+QUOTA_EXCEEDED = {
+    "standardNCADSA100v4Family": (0, 12),
+    "standardNCSv3Family": (18, 24),
+}
 
 
 def _registry_model(name: str, version: str, *, finetune: list[str] | None, inference: list[str],
@@ -105,12 +123,20 @@ def initial_state() -> dict[str, Any]:
     from amlft.resources import resource_path
 
     component = json.loads(resource_path("components", "chat_completion_pipeline-0.0.82.json").read_text("utf-8"))
+    phi3 = _registry_model(
+        "Phi-3-mini-4k-instruct", "15", finetune=PHI3_FINETUNE_SKUS, inference=PHI3_INFERENCE_SKUS,
+        defaults=PHI3_DEFAULTS,
+        description="Phi-3 Mini-4K-Instruct is a 3.8B parameters, lightweight, state-of-the-art open model.",
+    )
+    phi3["retired_on"] = PHI3_RETIRED_ON
     models = {
-        "Phi-3-mini-4k-instruct": {
-            "15": _registry_model(
-                "Phi-3-mini-4k-instruct", "15", finetune=PHI3_FINETUNE_SKUS, inference=PHI3_INFERENCE_SKUS,
-                defaults=PHI3_DEFAULTS,
-                description="Phi-3 Mini-4K-Instruct is a 3.8B parameters, lightweight, state-of-the-art open model.",
+        "Phi-3-mini-4k-instruct": {"15": phi3},
+        FLAGSHIP_MODEL: {
+            "1": _registry_model(
+                FLAGSHIP_MODEL, "1", finetune=PHI3_FINETUNE_SKUS, inference=PHI3_INFERENCE_SKUS,
+                defaults=PHI4_DEFAULTS,
+                description="Phi-4-mini-instruct is a 3.8B parameters lightweight open model (128K context) "
+                            "built upon synthetic data and filtered publicly available websites.",
             ),
         },
         "Phi-3.5-mini-instruct": {
@@ -127,7 +153,11 @@ def initial_state() -> dict[str, Any]:
         "faults": [],
         "fault_hits": {},
         "seq": 0,
-        "registry": {"models": models, "components": {component["name"]: {component["version"]: component}}},
+        "registry": {"models": models, "components": {component["name"]: {
+            component["version"]: component,
+            # an older version still being replicated: not yet usable from this workspace's region
+            "0.0.81": {**component, "version": "0.0.81", "regions": ["westus"]},
+        }}},
         "computes": {
             CLUSTER_NAME: {
                 "vm_size": CLUSTER_SKU, "min_nodes": 0, "max_nodes": 2, "idle_seconds": 1800,

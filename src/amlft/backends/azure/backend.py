@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.backends.azure import endpoints, names, pipeline, skus
+from amlft.backends.azure.job_status import is_terminal
 from amlft.backends.azure.service import call, enum_text
 from amlft.backends.base import EndpointInfo, StepContext
 from amlft.errors import JobCanceled, JobFailed, PreflightError, RecordError, ServiceError
@@ -22,7 +23,6 @@ from amlft.hashing import file_sha256
 JOB_KIND = "azureml.job"
 MODEL_KIND = "azureml.model"
 DATA_KIND = "azureml.data"
-TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 
 
 def _session(ctx: StepContext) -> Any:
@@ -45,7 +45,7 @@ class AzureBackend:
         sess = _session(ctx)
         who = "rehearsal identity" if ctx.rehearse else identity_of(sess.credential)
         ws = call(f"Reading workspace {sess.workspace_name}", sess.ws.workspaces.get, sess.workspace_name,
-                  idempotent=True, hint="Check the workspace coordinates (`amlft auth` says where each came from).")
+                  hint="Check the workspace coordinates (`amlft auth` says where each came from).")
         out = {"identity": who, "credential": sess.credential_desc, "subscription_id": sess.subscription_id,
                "resource_group": sess.resource_group, "workspace": sess.workspace_name,
                "location": getattr(ws, "location", None), "registry": sess.registry_name,
@@ -63,7 +63,7 @@ class AzureBackend:
         sess = _session(ctx)
         prof = ctx.profile
         found, facts = preflight.run_checks(sess, prof, run_id=ctx.record.run_id)
-        found = self._dedupe(found + self._infra_findings(sess, ctx))
+        found = preflight.merge_infra(found, self._infra_findings(sess, ctx))
         cost = skus.cost_summary(cluster_sku=facts.cluster_sku or prof.compute.instance_type,
                                  num_nodes=prof.compute.num_nodes, endpoint_sku=prof.endpoint.instance_type,
                                  instance_count=prof.endpoint.instance_count, overrides=prof.prices)
@@ -83,15 +83,6 @@ class AzureBackend:
         from amlft.backends.azure.infra_check import check_workspace_against_infra
 
         return list(check_workspace_against_infra(sess.ws, ctx.profile))
-
-    @staticmethod
-    def _dedupe(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The infra check re-reports a missing cluster / idle nodes that preflight already reported."""
-        ours = {f["check"] for f in found if f.get("check") != "infra"}
-        if "cluster" not in ours:
-            return found
-        return [f for f in found if not (f.get("check") == "infra" and (
-            "no compute cluster" in f["message"].lower() or "min" in f["message"].lower()))]
 
     # ------------------------------------------------------------------ data
     def data(self, ctx: StepContext) -> dict[str, Any]:
@@ -113,7 +104,7 @@ class AzureBackend:
             version = file_sha256(path)[:16]
             ref = f"azureml:{name}:{version}"
             try:
-                call(f"Looking up data asset {name}:{version}", sess.ws.data.get, name, version=version, idempotent=True)
+                call(f"Looking up data asset {name}:{version}", sess.ws.data.get, name, version=version)
                 ctx.console.info(f"{split}: {ref} already uploaded (same content)")
             except ServiceError as exc:
                 if exc.status != 404:
@@ -149,8 +140,8 @@ class AzureBackend:
         sess = _session(ctx)
         prior = rec.output("submit").get("job_name")
         if prior:
-            job = call(f"Reading job {prior}", sess.ws.jobs.get, prior, idempotent=True)
-            if enum_text(job.status) not in ("Failed", "Canceled", "NotResponding"):
+            job = call(f"Reading job {prior}", sess.ws.jobs.get, prior)
+            if enum_text(job.status) not in ("Failed", "Canceled"):
                 ctx.console.info(f"job {prior} already submitted ({job.status}); not submitting again")
                 return rec.output("submit")
             ctx.console.info(f"previous job {prior} ended {job.status}; submitting a new one")
@@ -205,7 +196,8 @@ class AzureBackend:
         sess = _session(ctx)
         resume = f"amlft wait --run {rec.run_id}"
         try:
-            out = wait_for_job(sess, job_name, console=ctx.console, timeout=timeout, run_id=rec.run_id,
+            out = wait_for_job(sess, job_name, console=ctx.console, timeout=timeout,
+                               stalled_timeout=ctx.profile.pipeline.stalled_timeout_s, run_id=rec.run_id,
                                resume_hint=resume, cancel_hint=self._cancel_hint(ctx, job_name))
         except (JobFailed, JobCanceled) as exc:
             status = "Canceled" if isinstance(exc, JobCanceled) else "Failed"
@@ -290,8 +282,7 @@ class AzureBackend:
     def endpoint_key(self, ctx: StepContext) -> str:
         info = self.endpoint(ctx)
         sess = _session(ctx)
-        keys = call(f"Reading the keys of endpoint {info.name}", sess.ws.online_endpoints.get_keys, info.name,
-                    idempotent=True)
+        keys = call(f"Reading the keys of endpoint {info.name}", sess.ws.online_endpoints.get_keys, info.name)
         return str(keys.primary_key)
 
     # ------------------------------------------------------------------ teardown
@@ -308,11 +299,12 @@ class AzureBackend:
         for r in live_jobs:
             done["jobs"][r["name"]] = self._cancel_job(sess, ctx, r["name"])
         for r in live_eps:
-            done["endpoints"][r["name"]] = endpoints.delete_endpoint(sess, rec, r["name"], console=ctx.console)
+            done["endpoints"][r["name"]] = endpoints.delete_endpoint(
+                sess, rec, r["name"], console=ctx.console, timeout_s=ctx.profile.endpoint.operation_timeout_s)
         for r in models:
             name, _, version = r["name"].rpartition(":")
             try:
-                call(f"Archiving model {r['name']}", sess.ws.models.archive, name=name, version=version, idempotent=True)
+                call(f"Archiving model {r['name']}", sess.ws.models.archive, name=name, version=version)
                 done["models"][r["name"]] = "archived"
             except ServiceError as exc:
                 if exc.status != 404:
@@ -325,17 +317,20 @@ class AzureBackend:
     def _cancel_job(self, sess: Any, ctx: StepContext, name: str) -> str:
         rec = ctx.record
         try:
-            job = call(f"Reading job {name}", sess.ws.jobs.get, name, idempotent=True)
+            job = call(f"Reading job {name}", sess.ws.jobs.get, name)
         except ServiceError as exc:
             if exc.status == 404:
                 rec.update_resource(JOB_KIND, name, state="deleted", billable=False)
                 return "not found"
             raise
         status = enum_text(job.status)
-        if status in TERMINAL:
+        if is_terminal(status):
             rec.update_resource(JOB_KIND, name, state=status.lower(), billable=False)
             return status
-        call(f"Canceling job {name}", lambda: sess.ws.jobs.begin_cancel(name).result(), idempotent=True)
+        poller = call(f"Canceling job {name}", sess.ws.jobs.begin_cancel, name)
+        endpoints.wait_lro(sess, poller, f"cancellation of job {name}", console=ctx.console,
+                           timeout_s=ctx.profile.endpoint.operation_timeout_s,
+                           resume=f"amlft teardown --run {rec.run_id}", delete=self._cancel_hint(ctx, name))
         rec.update_resource(JOB_KIND, name, state="canceled", billable=False)
         ctx.console.info(f"canceled job {name} (its compute stops billing)")
         return "canceled"
@@ -359,8 +354,8 @@ class AzureBackend:
                 if any(x["name"] == ep for x in rec.resources(endpoints.EP_KIND, live_only=True)):
                     out.append(f"deployment {r['name']}")
             elif r["kind"] == JOB_KIND:
-                job = call(f"Reading job {r['name']}", sess.ws.jobs.get, r["name"], idempotent=True)
-                if enum_text(job.status) in TERMINAL:
+                job = call(f"Reading job {r['name']}", sess.ws.jobs.get, r["name"])
+                if is_terminal(enum_text(job.status)):
                     rec.update_resource(JOB_KIND, r["name"], state=enum_text(job.status).lower(), billable=False)
                 else:
                     out.append(f"job {r['name']} ({job.status})")
@@ -374,31 +369,11 @@ class AzureBackend:
         notes: list[str] = []
         snapshot = pipeline.load_snapshot()
         inputs = snapshot["inputs"]
-        from amlft.backends.azure.preflight import endpoint_name, finding
+        from amlft.backends.azure.preflight import finding, offline_checks
 
-        cluster = prof.compute.cluster
-        if not cluster:
-            problems.append(finding("error", "cluster", "No fine-tune cluster configured.", "Set compute.cluster."))
-        sku = prof.compute.instance_type
-        gpus = prof.compute.gpus_per_node or (skus.gpus_per_node(sku) if sku else None)
-        if gpus is None:
-            problems.append(finding("error", "gpus", f"Unknown GPUs per node for {sku or 'the cluster (compute.instance_type unset)'}.",
-                                    "Set compute.instance_type to a known GPU size (" + ", ".join(skus.known_gpu_skus()[:4])
-                                    + ", ...) or compute.gpus_per_node."))
-        if sku and skus.normalize(sku).lower() in skus.K80_SKUS:
-            problems.append(finding("error", "finetune_sku", f"{sku} is a retired K80 size.", "Use an A100/H100/V100 size."))
-        merged = pipeline.merge_parameters(prof.finetune, None, inputs)
-        for e in merged.errors:
-            problems.append(finding("error", "finetune", e, "Use the component's input names and types."))
-        ep = endpoint_name(ctx.record.run_id, prof)
-        for what, n in (("Endpoint", ep), ("Deployment", prof.endpoint.deployment_name)):
-            why = names.name_problem(n, what=what)
-            if why:
-                problems.append(finding("error", "names", why, "3-32 letters, digits or '-', starting with a letter."))
-        if prof.pipeline.validate_data_step:
-            from amlft.backends.azure.preflight import validate_step_notice
-
-            problems.append(validate_step_notice())
+        found, merged, gpus = offline_checks(prof, run_id=ctx.record.run_id, inputs=inputs)
+        problems.extend(found)
+        cluster, sku = prof.compute.cluster, prof.compute.instance_type
         notes.append("offline: model allow-lists, model_specific_defaults, cluster state and quota are checked by "
                      "`amlft check` (needs the workspace)")
         files = self._dry_run_files(ctx, notes, problems)
@@ -409,7 +384,7 @@ class AzureBackend:
         spec = self._job_spec(ctx, component_ref=comp, model_path=model_path, cluster=cluster or "serverless",
                               gpus=int(gpus or 1), params=merged.values, files=files)
         for p in pipeline.validate_spec(spec, inputs):
-            problems.append(finding("error", "component", p, "Fix the profile field that sets it."))
+            problems.append(finding("error", "component.bad_input", p, "Fix the profile field that sets it."))
         cost = skus.cost_summary(cluster_sku=sku, num_nodes=prof.compute.num_nodes, endpoint_sku=prof.endpoint.instance_type,
                                  instance_count=prof.endpoint.instance_count, overrides=prof.prices)
         for n in notes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from amlft.backends.azure.service import call, is_not_found
+from amlft.backends.azure.service import call
 from amlft.backends.azure.session import AzureSession
 from amlft.config import Profile
 from amlft.console import Console
@@ -47,22 +47,71 @@ def begin_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console:
     console.info(f"endpoint {name}: creating in the background while training runs")
 
 
-def wait_endpoint(sess: AzureSession, name: str, *, timeout_s: float = 3600) -> Any:
-    """Poll the endpoint until it is provisioned (the submitting process's poller is long gone)."""
+def _elapsed(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def wait_lro(sess: AzureSession, poller: Any, what: str, *, console: Console, timeout_s: float,
+             resume: str, delete: str) -> Any:
+    """Wait for a long-running operation, showing its state and the time elapsed, bounded by
+    `timeout_s` (the profile's endpoint.operation_timeout_s). Ctrl-C stops waiting, not the
+    operation, and says so."""
     started = time.monotonic()
-    while True:
-        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name, idempotent=True)
-        raw = getattr(ep, "provisioning_state", "") or ""
-        state = str(getattr(raw, "value", raw))
-        if state.lower() == "succeeded":
-            return ep
-        if state.lower() in ("failed", "canceled"):
-            raise DeploymentError(f"Endpoint {name} ended in provisioning state {state}.",
-                                  hint="See the endpoint's activity log in the Azure portal; `amlft teardown` cleans up.")
-        if time.monotonic() - started > timeout_s:
-            raise DeploymentError(f"Endpoint {name} is still {state} after {timeout_s:.0f}s.",
-                                  hint="Retry `amlft deploy` later.")
-        time.sleep(sess.poll_interval_s)
+    last = ""
+    try:
+        while not poller.done():
+            # call(): a failed operation raises here, translated; and the SDK's polling thread,
+            # which prints a progress dot per poll, cannot reach stdout (--json) meanwhile
+            call(what, poller.wait, timeout=sess.poll_interval_s)
+            state = str(poller.status())
+            elapsed = time.monotonic() - started
+            if state != last:
+                console.info(f"  [{_elapsed(elapsed)}] {what}: {state}")
+                last = state
+            if not poller.done() and elapsed >= timeout_s:
+                raise DeploymentError(
+                    f"{what} is still {state} after {_elapsed(elapsed)} (endpoint.operation_timeout_s={timeout_s:g}); "
+                    "it continues in Azure.", hint=f"Wait for it: {resume}; or delete it: {delete}")
+    except KeyboardInterrupt:
+        console.warn(f"stopped waiting; {what} continues in Azure (an endpoint with a deployment bills).")
+        console.warn(f"  resume: {resume}")
+        console.warn(f"  delete: {delete}")
+        raise
+    return call(what, poller.result)
+
+
+def wait_endpoint(sess: AzureSession, name: str, *, console: Console, timeout_s: float, resume: str,
+                  delete: str, traffic: dict[str, int] | None = None) -> Any:
+    """Poll the endpoint until it is provisioned (and, with `traffic`, routes it): the process that
+    started the operation may be long gone, so this reads the resource, not a poller."""
+    started = time.monotonic()
+    last = ""
+    try:
+        while True:
+            ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name)
+            raw = getattr(ep, "provisioning_state", "") or ""
+            state = str(getattr(raw, "value", raw))
+            elapsed = time.monotonic() - started
+            if state != last:
+                console.info(f"  [{_elapsed(elapsed)}] endpoint {name}: {state}")
+                last = state
+            routed = traffic is None or {k: int(v) for k, v in (ep.traffic or {}).items() if int(v)} == traffic
+            if state.lower() == "succeeded" and routed:
+                return ep
+            if state.lower() in ("failed", "canceled"):
+                raise DeploymentError(f"Endpoint {name} ended in provisioning state {state}.",
+                                      hint=f"See the endpoint's activity log in the Azure portal; {delete} cleans up.")
+            if elapsed > timeout_s:
+                raise DeploymentError(f"Endpoint {name} is still {state} after {_elapsed(elapsed)} "
+                                      f"(endpoint.operation_timeout_s={timeout_s:g}); it continues in Azure.",
+                                      hint=f"Wait for it: {resume}; or delete it: {delete}")
+            time.sleep(sess.poll_interval_s)
+    except KeyboardInterrupt:
+        console.warn(f"stopped waiting; endpoint {name} continues provisioning in Azure.")
+        console.warn(f"  resume: {resume}")
+        console.warn(f"  delete: {delete}")
+        raise
 
 
 def owned_by(ep: Any, run_id: str) -> bool:
@@ -77,7 +126,9 @@ def deploy(sess: AzureSession, record: RunRecord, prof: Profile, *, endpoint_nam
     e = prof.endpoint
     if not record.resources(EP_KIND, live_only=True):
         begin_endpoint(sess, record, endpoint_name, console=console)
-    ep = wait_endpoint(sess, endpoint_name)
+    resume, delete = f"amlft deploy --run {record.run_id}", f"amlft teardown --run {record.run_id}"
+    limit = float(e.operation_timeout_s)
+    ep = wait_endpoint(sess, endpoint_name, console=console, timeout_s=limit, resume=resume, delete=delete)
     if not owned_by(ep, record.run_id):
         raise DeploymentError(f"Endpoint {endpoint_name} exists but was not created by run {record.run_id}.",
                               hint="Set endpoint.name to a name of your own.")
@@ -96,7 +147,8 @@ def deploy(sess: AzureSession, record: RunRecord, prof: Profile, *, endpoint_nam
                  f"({e.instance_count} x {e.instance_type}); this takes 10-20 minutes on Azure")
     try:
         poller = call(f"Creating deployment {dep_key}", sess.ws.online_deployments.begin_create_or_update, dep)
-        call(f"Deployment {dep_key}", poller.result)
+        wait_lro(sess, poller, f"deployment {dep_key}", console=console, timeout_s=limit, resume=resume,
+                 delete=delete)
     except AmlftError as exc:
         logs = deployment_logs(sess, endpoint_name, e.deployment_name)
         if logs:
@@ -105,13 +157,22 @@ def deploy(sess: AzureSession, record: RunRecord, prof: Profile, *, endpoint_nam
             console.warn(f"--keep-on-failure: leaving {endpoint_name} in place (it bills); "
                          f"`amlft teardown --run {record.run_id}` removes it")
         else:
-            delete_endpoint(sess, record, endpoint_name, console=console)
+            delete_endpoint(sess, record, endpoint_name, console=console, timeout_s=limit)
         raise DeploymentError(exc.message,
                               hint=_deploy_hint(exc.message) + (" The endpoint was deleted." if not keep_on_failure else "")) from exc
     record.update_resource(DEP_KIND, dep_key, state="created")
-    ep.traffic = {e.deployment_name: 100}
-    call(f"Routing traffic on {endpoint_name}", lambda: sess.ws.online_endpoints.begin_create_or_update(ep).result())
-    ep = call(f"Reading endpoint {endpoint_name}", sess.ws.online_endpoints.get, endpoint_name, idempotent=True)
+    want = {e.deployment_name: 100}
+    ep.traffic = want
+    poller = call(f"Routing traffic on {endpoint_name}", sess.ws.online_endpoints.begin_create_or_update, ep)
+    wait_lro(sess, poller, f"traffic update on {endpoint_name}", console=console, timeout_s=limit, resume=resume,
+             delete=delete)
+    # The scoring URI is only read once the endpoint has Succeeded and routes the new traffic:
+    # while it provisions the service answers scoringUri null, and old traffic until the update lands.
+    ep = wait_endpoint(sess, endpoint_name, console=console, timeout_s=limit, resume=resume, delete=delete,
+                       traffic=want)
+    if not ep.scoring_uri:
+        raise DeploymentError(f"Endpoint {endpoint_name} has Succeeded but reports no scoring URI.",
+                              hint=f"Retry `{resume}`; if it persists, open the endpoint in Azure ML studio.")
     console.info(f"endpoint {endpoint_name} serves {e.deployment_name} (100% traffic): {ep.scoring_uri}")
     return {"endpoint_name": endpoint_name, "deployment_name": e.deployment_name, "scoring_uri": ep.scoring_uri,
             "openai_base_url": None, "contract": "azureml"}
@@ -128,17 +189,20 @@ def _deploy_hint(message: str) -> str:
 
 
 def deployment_logs(sess: AzureSession, endpoint_name: str, deployment_name: str) -> str:
+    """The deployment's log tail, or "" when even that cannot be read (the failure itself is reported)."""
     try:
-        text = sess.ws.online_deployments.get_logs(deployment_name, endpoint_name, LOG_LINES)
-    except Exception:
+        text = call(f"Reading the logs of deployment {endpoint_name}/{deployment_name}",
+                    sess.ws.online_deployments.get_logs, deployment_name, endpoint_name, LOG_LINES)
+    except AmlftError:
         return ""
     return "\n".join(str(text or "").rstrip().splitlines()[-LOG_LINES:])
 
 
-def delete_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console: Console) -> str:
+def delete_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console: Console,
+                    timeout_s: float = 1800.0) -> str:
     """Delete the run's endpoint (and so its deployments). Idempotent; never deletes someone else's."""
     try:
-        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name, idempotent=True)
+        ep = call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name)
     except ServiceError as exc:
         if exc.status == 404:
             _mark_gone(record, name)
@@ -149,8 +213,9 @@ def delete_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console
         console.warn(f"endpoint {name} belongs to someone else (tag {TAG_RUN}={(ep.tags or {}).get(TAG_RUN)}); left alone")
         return "not ours"
     try:
-        call(f"Deleting endpoint {name}", lambda: sess.ws.online_endpoints.begin_delete(name=name).result(),
-             idempotent=True)
+        poller = call(f"Deleting endpoint {name}", sess.ws.online_endpoints.begin_delete, name=name)
+        wait_lro(sess, poller, f"deletion of endpoint {name}", console=console, timeout_s=timeout_s,
+                 resume=f"amlft teardown --run {record.run_id}", delete=f"amlft teardown --run {record.run_id}")
     except ServiceError as exc:
         if exc.status != 404:
             raise
@@ -168,9 +233,9 @@ def _mark_gone(record: RunRecord, name: str) -> None:
 
 def endpoint_alive(sess: AzureSession, name: str) -> bool:
     try:
-        sess.ws.online_endpoints.get(name)
-    except Exception as exc:
-        if is_not_found(exc):
+        call(f"Reading endpoint {name}", sess.ws.online_endpoints.get, name)
+    except ServiceError as exc:
+        if exc.status == 404:
             return False
         raise
     return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +67,23 @@ def load_infra_parameters(path: Path | None) -> dict[str, Any]:
 
 
 def iso_duration_seconds(text: str) -> int | None:
-    """Seconds in an ISO 8601 duration like PT15M or P1DT2H; None when it is not one."""
-    m = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", str(text).strip().upper())
-    if not m or text.strip().upper() in ("P", "PT"):
+    """Seconds in an ISO 8601 duration like PT15M or P1DT2H; None when it is not one (or has months/years)."""
+    import datetime as dt
+
+    import isodate
+
+    text = str(text).strip().upper()
+    if text in ("P", "PT"):  # isodate reads these as zero; they are not durations
         return None
-    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    try:
+        value = isodate.parse_duration(text)
+    except (isodate.ISO8601Error, ValueError):
+        return None
+    return int(value.total_seconds()) if isinstance(value, dt.timedelta) else None
 
 
-def _finding(severity: str, message: str, fix: str) -> dict[str, str]:
-    return {"severity": severity, "check": "infra", "message": message, "fix": fix}
+def _finding(severity: str, code: str, message: str, fix: str) -> dict[str, str]:
+    return {"severity": severity, "check": "infra", "code": f"infra.{code}", "message": message, "fix": fix}
 
 
 def check_workspace_against_infra(ml_client: Any, profile: Any, *,
@@ -100,31 +106,31 @@ def check_workspace_against_infra(ml_client: Any, profile: Any, *,
 
     if path is not None and profile_cluster and profile_cluster != infra_cluster:
         findings.append(_finding(
-            "info", f"The profile uses compute cluster '{profile_cluster}'; the infrastructure ({source}) "
+            "info", "cluster_differs", f"The profile uses compute cluster '{profile_cluster}'; the infrastructure ({source}) "
                     f"defines '{infra_cluster}'.",
             f"Set compute.cluster: {infra_cluster} in the profile, or computeClusterName in {source}."))
     try:
         compute = ml_client.compute.get(cluster)
     except ResourceNotFoundError:
         return [*findings, _finding(
-            "error", f"The workspace has no compute cluster '{cluster}' (the infrastructure, {source}, "
+            "error", "cluster_missing", f"The workspace has no compute cluster '{cluster}' (the infrastructure, {source}, "
                      "defines a GPU cluster that scales to zero).", DEPLOY_FIX)]
     except HttpResponseError as exc:
         return [*findings, _finding(
-            "warning", f"Could not read compute cluster '{cluster}' to compare it with the infrastructure "
+            "warning", "cluster_unreadable", f"Could not read compute cluster '{cluster}' to compare it with the infrastructure "
                        f"(HTTP {exc.status_code}).",
             "Give this identity the AzureML Data Scientist role on the workspace (infra/main.bicep does).")]
 
     if str(getattr(compute, "type", "")).lower() != "amlcompute":
         findings.append(_finding(
-            "error", f"'{cluster}' is a {getattr(compute, 'type', 'compute')}, not a compute cluster (AmlCompute).",
+            "error", "not_a_cluster", f"'{cluster}' is a {getattr(compute, 'type', 'compute')}, not a compute cluster (AmlCompute).",
             f"Point compute.cluster at a cluster, or create '{infra_cluster}' with infra/main.bicep."))
         return findings
 
     min_nodes = int(getattr(compute, "min_instances", 0) or 0)
     if min_nodes > 0:
         findings.append(_finding(
-            "warning", f"Compute cluster '{cluster}' keeps {min_nodes} node(s) running when idle: it bills "
+            "warning", "idle_nodes", f"Compute cluster '{cluster}' keeps {min_nodes} node(s) running when idle: it bills "
                        f"around the clock (the infrastructure sets 0).",
             f"az ml compute update --name {cluster} --min-instances 0 (or redeploy infra/main.bicep)."))
 
@@ -132,7 +138,7 @@ def check_workspace_against_infra(ml_client: Any, profile: Any, *,
     idle = getattr(compute, "idle_time_before_scale_down", None)
     if want_idle is not None and idle is not None and int(idle) > want_idle:
         findings.append(_finding(
-            "warning", f"Compute cluster '{cluster}' keeps idle nodes for {int(idle)} s before scaling down; "
+            "warning", "scale_down_slow", f"Compute cluster '{cluster}' keeps idle nodes for {int(idle)} s before scaling down; "
                        f"the infrastructure sets {want_idle} s.",
             f"az ml compute update --name {cluster} --idle-time-before-scale-down {want_idle}"))
 
@@ -140,6 +146,6 @@ def check_workspace_against_infra(ml_client: Any, profile: Any, *,
     size = str(getattr(compute, "size", "") or "")
     if cluster == infra_cluster and want_size and size and size.lower() != want_size.lower():
         findings.append(_finding(
-            "info", f"Compute cluster '{cluster}' uses {size}; the infrastructure ({source}) defines {want_size}.",
+            "info", "size_differs", f"Compute cluster '{cluster}' uses {size}; the infrastructure ({source}) defines {want_size}.",
             f"Update computeVmSize in {source} to match, or recreate the cluster."))
     return findings

@@ -251,22 +251,24 @@ def build_pipeline_job(component: Any, spec: JobSpec) -> Any:
     file_inputs = {k: Input(type="uri_file", path=v) for k, v in spec.files.items()}
     model_input = Input(type="mlflow_model", path=spec.model_path)
 
-    @dsl.pipeline(name="amlft_chat_completion", description="amlft fine-tune of " + spec.model_path)
+    @dsl.pipeline(None, name="amlft_chat_completion", description="amlft fine-tune of " + spec.model_path)
     def chat_finetune() -> dict[str, Any]:
         step = component(mlflow_model_path=model_input, **file_inputs, **spec.scalar_inputs())
         return {"trained_model": step.outputs.mlflow_model_folder}
 
+    from azure.ai.ml.exceptions import MlException
+
     try:
         job = chat_finetune()
-    except Exception as exc:
-        from azure.ai.ml.exceptions import MlException
+    except MlException as exc:  # raised locally by the DSL, before anything is sent
+        raise ConfigError(f"The pipeline job does not fit the component: {exc}",
+                          hint="Fix the finetune: keys named above (`amlft check` lists the component's inputs).") from exc
+    from azure.ai.ml.entities import PipelineJobSettings
 
-        if isinstance(exc, MlException):
-            raise ConfigError(f"The pipeline job does not fit the component: {exc}",
-                              hint="Fix the finetune: keys named above (`amlft check` lists the component's inputs).") from exc
-        raise
-    job.settings.force_rerun = True
-    job.settings.continue_on_step_failure = False
+    settings = job.settings or PipelineJobSettings()
+    settings.force_rerun = True
+    settings.continue_on_step_failure = False
+    job.settings = settings
     job.display_name = spec.display_name
     job.experiment_name = spec.experiment
     job.tags = dict(spec.tags)
@@ -312,12 +314,13 @@ def export_yaml(spec: JobSpec, path: Path, *, inputs: dict[str, dict[str, Any]])
                     f"{path.name}`\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False),
                     encoding="utf-8")
     from azure.ai.ml import load_job
+    from azure.ai.ml.exceptions import MlException
 
     from amlft.backends.azure.service import quiet_sdk_logs
 
     quiet_sdk_logs()
     try:
         load_job(source=path)
-    except Exception as exc:  # the file we wrote must load; anything else is a bug worth surfacing
+    except MlException as exc:  # the file we wrote must load; a schema error here is our bug, said plainly
         raise ConfigError(f"The exported job {path} does not load with azure.ai.ml.load_job: {exc}") from exc
     return path

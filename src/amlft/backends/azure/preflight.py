@@ -1,8 +1,10 @@
 """`check` for Azure: everything that can fail hours into a run, asked before anything bills.
 
-All problems are collected (never stop at the first), each with its fix. The facts
-gathered on the way (resolved model version, cluster SKU, GPUs per node, effective
-fine-tune parameters) are returned so `submit` builds exactly what was checked.
+All problems are collected (never stop at the first), each with its fix and a finding
+code. One function per check, run in order by `run_checks`; the ones that need no
+workspace (`offline_checks`) are shared with `submit --dry-run`. The facts gathered on
+the way (resolved model version, cluster SKU, GPUs per node, effective fine-tune
+parameters) are returned so `submit` builds exactly what was checked.
 """
 
 from __future__ import annotations
@@ -12,21 +14,22 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from amlft.backends.azure import names, pipeline, skus
-from amlft.backends.azure.service import call, is_not_found, translate
+from amlft.backends.azure import names, pipeline, quota, skus
+from amlft.backends.azure.service import call
 from amlft.backends.azure.session import AzureSession
 from amlft.config import Profile
 from amlft.errors import AmlftError
 
 # Chat models in the azureml registry that fine-tune with chat_completion_pipeline;
 # offered (when they exist) instead of a retired model.
-SUCCESSORS = ("Phi-3.5-mini-instruct", "Phi-4-mini-instruct", "Phi-4", "Meta-Llama-3.1-8B-Instruct",
+SUCCESSORS = ("Phi-4-mini-instruct", "Phi-3.5-mini-instruct", "Phi-4", "Meta-Llama-3.1-8B-Instruct",
               "Mistral-7B-Instruct-v0.3")
 _RETIRE_KEY = re.compile(r"(?i)(retire|deprecat)")
 
 
-def finding(severity: str, check: str, message: str, fix: str = "") -> dict[str, Any]:
-    return {"severity": severity, "check": check, "message": message, "fix": fix}
+def finding(severity: str, code: str, message: str, fix: str = "") -> dict[str, Any]:
+    """One problem: `code` is "<check>.<what>" (e.g. "quota.family_exceeded"), stable for scripts and tests."""
+    return {"severity": severity, "check": code.split(".", 1)[0], "code": code, "message": message, "fix": fix}
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Facts:
     gpus_per_node: int | None = None
     parameters: pipeline.MergedParameters | None = None
     endpoint_name: str | None = None
+    sizes: dict[str, quota.VmSize] | None = None  # None: not read (or not readable)
 
 
 # ------------------------------------------------------------------ model
@@ -46,9 +50,9 @@ def get_model(sess: AzureSession, prof: Profile) -> Any:
     m = prof.model
     if m.version:
         return call(f"Reading model {m.name}:{m.version} from registry {sess.registry_name}",
-                    sess.reg.models.get, m.name, version=str(m.version), idempotent=True)
+                    sess.reg.models.get, m.name, version=str(m.version))
     return call(f"Reading model {m.name}@{m.label or 'latest'} from registry {sess.registry_name}",
-                sess.reg.models.get, m.name, label=m.label or "latest", idempotent=True)
+                sess.reg.models.get, m.name, label=m.label or "latest")
 
 
 def retirement(model: Any, *, today: _dt.date | None = None) -> str | None:
@@ -79,13 +83,14 @@ def retirement(model: Any, *, today: _dt.date | None = None) -> str | None:
 
 
 def suggest_models(sess: AzureSession, exclude: str) -> list[str]:
+    """Successors that exist in the registry and are not retired (a missing one is simply skipped)."""
     found = []
     for name in SUCCESSORS:
         if name == exclude:
             continue
         try:
-            m = sess.reg.models.get(name, label="latest")
-        except Exception:
+            m = call(f"Reading model {name}", sess.reg.models.get, name, label="latest")
+        except AmlftError:
             continue
         if retirement(m) is None:
             found.append(name)
@@ -131,9 +136,9 @@ def get_component(sess: AzureSession, prof: Profile) -> Any:
     p = prof.pipeline
     if p.version:
         return call(f"Reading component {p.component}:{p.version}", sess.reg.components.get,
-                    p.component, version=p.version, idempotent=True)
+                    p.component, version=p.version)
     return call(f"Reading component {p.component}@{p.label or 'latest'}", sess.reg.components.get,
-                p.component, label=p.label or "latest", idempotent=True)
+                p.component, label=p.label or "latest")
 
 
 def endpoint_name(ctx_record_run_id: str, prof: Profile) -> str:
@@ -141,201 +146,268 @@ def endpoint_name(ctx_record_run_id: str, prof: Profile) -> str:
 
 
 # ------------------------------------------------------------------ the checks
+@dataclass
+class _Run:
+    """What every check reads: the session, the profile, and the facts gathered so far."""
+
+    sess: AzureSession
+    prof: Profile
+    run_id: str
+    facts: Facts
+
+
 def run_checks(sess: AzureSession, prof: Profile, *, run_id: str) -> tuple[list[dict[str, Any]], Facts]:
+    """Every check, in order; each adds findings and may record facts later checks use."""
+    run = _Run(sess, prof, run_id, Facts())
     out: list[dict[str, Any]] = []
-    facts = Facts()
+    for check in (check_model, check_component, check_parameters, check_cluster, check_finetune_sku,
+                  check_gpus, check_cluster_quota, check_inference_sku, check_endpoint_quota):
+        out.extend(check(run))
+    run.facts.endpoint_name = endpoint_name(run_id, prof)
+    out.extend(check_names(prof, run.facts.endpoint_name))
+    return out, run.facts
 
-    def guard(check: str, fix: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except AmlftError as exc:
-            out.append(finding("error", check, exc.message, exc.hint or fix))
-        except Exception as exc:
-            err = translate(exc, check)
-            if err is None:
-                raise
-            out.append(finding("error", check, err.message, err.hint or fix))
-        return None
 
-    # model -------------------------------------------------------------
-    m = prof.model
+def offline_checks(prof: Profile, *, run_id: str,
+                   inputs: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], pipeline.MergedParameters, int | None]:
+    """The checks that need no workspace (`submit --dry-run`): cluster set, GPUs known, no K80,
+    fine-tune inputs valid, names valid. Returns (findings, merged parameters, GPUs per node)."""
+    out = check_cluster_configured(prof)
+    sku = prof.compute.instance_type
+    gpus = prof.compute.gpus_per_node or (skus.gpus_per_node(sku) if sku else None)
+    if gpus is None:
+        out.append(finding("error", "gpus.unknown",
+                           f"Unknown GPUs per node for {sku or 'the cluster (compute.instance_type unset)'}.",
+                           "Set compute.instance_type to a known GPU size (" + ", ".join(skus.known_gpu_skus()[:4])
+                           + ", ...) or compute.gpus_per_node."))
+    if sku:
+        problem = finetune_sku_problem(sku, None)
+        if problem:
+            out.append(finding("error", "finetune_sku.retired", f"compute.instance_type: {problem}.",
+                               "Use an A100/H100/V100 size."))
+    merged = pipeline.merge_parameters(prof.finetune, None, inputs)
+    out.extend(_parameter_errors(merged))
+    out.extend(check_names(prof, endpoint_name(run_id, prof)))
+    return out, merged, gpus
+
+
+def check_model(run: _Run) -> list[dict[str, Any]]:
+    """The model exists in the registry and can still be fine-tuned."""
+    sess, m = run.sess, run.prof.model
     ref = f"{m.name}" + (f":{m.version}" if m.version else f"@{m.label or 'latest'}")
     try:
-        model = get_model(sess, prof)
+        model = get_model(sess, run.prof)
     except AmlftError as exc:
-        model = None
         if getattr(exc, "status", None) == 404:
-            out.append(finding("error", "model", f"Model {ref} is not in registry '{sess.registry_name}'.",
-                               "Check model.name/version/label against the Azure ML model catalog."))
-        else:
-            out.append(finding("error", "model", exc.message, exc.hint or ""))
-    if model is not None:
-        facts.model = model
-        facts.model_asset_id = str(model.id) if getattr(model, "id", None) else pipeline.model_asset_id(
-            sess.registry_name, m.name, version=str(model.version), label=None)
-        why = retirement(model)
-        if why:
-            alts = suggest_models(sess, m.name)
-            out.append(finding("error", "model", f"Model {m.name}:{model.version} {why}; it can no longer be fine-tuned.",
-                               ("Pick another model, e.g. " + " or ".join(f"--set model.name={a}" for a in alts[:3])
-                                if alts else "Pick another chat model that supports fine-tuning in the model catalog.")
-                               + " (and set model.version/label to match)"))
+            return [finding("error", "model.missing", f"Model {ref} is not in registry '{sess.registry_name}'.",
+                            "Check model.name/version/label against the Azure ML model catalog.")]
+        return [finding("error", "model.unreadable", exc.message, exc.hint or "")]
+    run.facts.model = model
+    run.facts.model_asset_id = str(model.id) if getattr(model, "id", None) else pipeline.model_asset_id(
+        sess.registry_name, m.name, version=str(model.version), label=None)
+    why = retirement(model)
+    if not why:
+        return []
+    alts = suggest_models(sess, m.name)
+    return [finding("error", "model.retired", f"Model {m.name}:{model.version} {why}; it can no longer be fine-tuned.",
+                    ("Pick another model, e.g. " + " or ".join(f"--set model.name={a}" for a in alts[:3])
+                     if alts else "Pick another chat model that supports fine-tuning in the model catalog.")
+                    + " (and set model.version/label to match)")]
 
-    # component + parameters -------------------------------------------------
-    component = guard("component", "Check pipeline.component/version/label.", get_component, sess, prof)
+
+def check_component(run: _Run) -> list[dict[str, Any]]:
+    """The pipeline component exists; say so when its interface drifted from the pinned snapshot."""
     snapshot = pipeline.load_snapshot()["inputs"]
-    if component is not None:
-        facts.component = component
-        facts.component_inputs = pipeline.inputs_from_component(component) or snapshot
-        added = sorted(set(facts.component_inputs) - set(snapshot))
-        removed = sorted(set(snapshot) - set(facts.component_inputs))
-        if added or removed:
-            out.append(finding("info", "component",
-                               f"{prof.pipeline.component} {getattr(component, 'version', '')} differs from the pinned "
-                               f"{pipeline.SNAPSHOT_VERSION} interface: added {added or 'none'}, removed {removed or 'none'}.",
-                               "Review your finetune: keys; pin pipeline.version for reproducible runs."))
-    else:
-        facts.component_inputs = snapshot
-    tags = (getattr(model, "tags", None) or {}) if model is not None else {}
-    merged = pipeline.merge_parameters(prof.finetune, tags.get("model_specific_defaults"), facts.component_inputs)
-    facts.parameters = merged
-    for e in merged.errors:
-        out.append(finding("error", "finetune", e, "Use the component's input names and types (see --dry-run --export)."))
+    run.facts.component_inputs = snapshot
+    try:
+        component = get_component(run.sess, run.prof)
+    except AmlftError as exc:
+        return [finding("error", "component.unreadable", exc.message, exc.hint or "Check pipeline.component/version/label.")]
+    run.facts.component = component
+    run.facts.component_inputs = pipeline.inputs_from_component(component) or snapshot
+    added = sorted(set(run.facts.component_inputs) - set(snapshot))
+    removed = sorted(set(snapshot) - set(run.facts.component_inputs))
+    if not (added or removed):
+        return []
+    return [finding("info", "component.drift",
+                    f"{run.prof.pipeline.component} {getattr(component, 'version', '')} differs from the pinned "
+                    f"{pipeline.SNAPSHOT_VERSION} interface: added {added or 'none'}, removed {removed or 'none'}.",
+                    "Review your finetune: keys; pin pipeline.version for reproducible runs.")]
+
+
+def _parameter_errors(merged: pipeline.MergedParameters) -> list[dict[str, Any]]:
+    return [finding("error", "finetune.bad_input", e, "Use the component's input names and types (see --dry-run --export).")
+            for e in merged.errors]
+
+
+def check_parameters(run: _Run) -> list[dict[str, Any]]:
+    """profile > model_specific_defaults > project defaults, against the component's inputs."""
+    tags = (getattr(run.facts.model, "tags", None) or {}) if run.facts.model is not None else {}
+    merged = pipeline.merge_parameters(run.prof.finetune, tags.get("model_specific_defaults"),
+                                       run.facts.component_inputs)
+    run.facts.parameters = merged
+    out = _parameter_errors(merged)
     if merged.dropped:
-        out.append(finding("warning", "finetune",
+        out.append(finding("warning", "finetune.dropped_default",
                            f"The model's defaults {', '.join(merged.dropped)} are not inputs of "
-                           f"{prof.pipeline.component}; they are dropped.", ""))
+                           f"{run.prof.pipeline.component}; they are dropped.", ""))
+    return out
 
-    # cluster ---------------------------------------------------------------
-    cluster = prof.compute.cluster
-    compute = None
+
+def check_cluster_configured(prof: Profile) -> list[dict[str, Any]]:
+    if prof.compute.cluster:
+        return []
+    return [finding("error", "cluster.unset", "No fine-tune cluster configured.",
+                    "Set compute.cluster to an Azure ML compute cluster (AmlCompute) name.")]
+
+
+def check_cluster(run: _Run) -> list[dict[str, Any]]:
+    """The cluster exists, is healthy, matches the profile's size and scales to zero."""
+    prof, cluster = run.prof, run.prof.compute.cluster
+    out = check_cluster_configured(prof)
     if not cluster:
-        out.append(finding("error", "cluster", "No fine-tune cluster configured.",
-                           "Set compute.cluster to an Azure ML compute cluster (AmlCompute) name."))
-    else:
+        run.facts.cluster_sku = prof.compute.instance_type
+        return out
+    try:
+        compute = call(f"Reading compute cluster {cluster}", run.sess.ws.compute.get, cluster)
+    except AmlftError as exc:
+        run.facts.cluster_sku = prof.compute.instance_type
+        if getattr(exc, "status", None) == 404:
+            size = prof.compute.instance_type or "Standard_NC24ads_A100_v4"
+            return [finding("error", "cluster.missing", f"Compute cluster {cluster!r} does not exist in workspace "
+                            f"{run.sess.workspace_name}.",
+                            f"az ml compute create --name {cluster} --type amlcompute --size {size} "
+                            "--min-instances 0 --max-instances 2 (or fix compute.cluster)")]
+        return [finding("error", "cluster.unreadable", exc.message, exc.hint or "")]
+    raw = getattr(compute, "provisioning_state", "") or ""
+    state = str(getattr(raw, "value", raw))
+    if state.lower() in ("failed", "deleting", "canceled"):
+        errs = getattr(compute, "provisioning_errors", None)
+        out.append(finding("error", "cluster.unhealthy", f"Cluster {cluster} is in provisioning state {state}"
+                           + (f": {errs}" if errs else "") + ".",
+                           f"Delete and recreate it (az ml compute delete --name {cluster}), or use another cluster."))
+    sku: str | None = getattr(compute, "size", None)
+    run.facts.cluster_sku = sku
+    if prof.compute.instance_type and sku and \
+            skus.normalize(prof.compute.instance_type).lower() != skus.normalize(sku).lower():
+        out.append(finding("warning", "cluster.size_mismatch", f"compute.instance_type is {prof.compute.instance_type} "
+                           f"but cluster {cluster} runs {sku}; using the cluster's size.",
+                           "Update compute.instance_type to match the cluster."))
+    min_nodes = int(getattr(compute, "min_instances", 0) or 0)
+    if min_nodes > 0:
+        price = skus.price_per_hour(sku, prof.prices)
+        cost = f" (about ${price * min_nodes:.2f}/h)" if price else ""
+        out.append(finding("warning", "cluster.idle_nodes",
+                           f"Cluster {cluster} keeps {min_nodes} node(s) running while idle{cost}.",
+                           f"az ml compute update --name {cluster} --min-instances 0"))
+    return out
+
+
+def check_finetune_sku(run: _Run) -> list[dict[str, Any]]:
+    """The cluster's size is on the model's fine-tune allow-list."""
+    sku, model = run.facts.cluster_sku, run.facts.model
+    if not sku or model is None:
+        return []
+    allow = finetune_allow_list(model)
+    problem = finetune_sku_problem(sku, allow)
+    if not problem:
+        return []
+    return [finding("error", "finetune_sku.not_allowed", f"Cluster {run.prof.compute.cluster}: {problem}.",
+                    "Use a cluster of an allowed size: " + ", ".join(allow or skus.known_gpu_skus()[:6]))]
+
+
+def _sizes(run: _Run) -> tuple[dict[str, quota.VmSize] | None, list[dict[str, Any]]]:
+    if run.facts.sizes is None:
         try:
-            compute = call(f"Reading compute cluster {cluster}", sess.ws.compute.get, cluster, idempotent=True)
+            run.facts.sizes = quota.list_vm_sizes(run.sess)
         except AmlftError as exc:
-            if getattr(exc, "status", None) == 404 or is_not_found(exc):
-                sku = prof.compute.instance_type or "Standard_NC24ads_A100_v4"
-                out.append(finding("error", "cluster", f"Compute cluster {cluster!r} does not exist in workspace "
-                                   f"{sess.workspace_name}.",
-                                   f"az ml compute create --name {cluster} --type amlcompute --size {sku} "
-                                   "--min-instances 0 --max-instances 2 (or fix compute.cluster)"))
-            else:
-                out.append(finding("error", "cluster", exc.message, exc.hint or ""))
-    if compute is not None:
-        raw = getattr(compute, "provisioning_state", "") or ""
-        state = str(getattr(raw, "value", raw))
-        if state.lower() in ("failed", "deleting", "canceled"):
-            errs = getattr(compute, "provisioning_errors", None)
-            out.append(finding("error", "cluster", f"Cluster {cluster} is in provisioning state {state}"
-                               + (f": {errs}" if errs else "") + ".",
-                               f"Delete and recreate it (az ml compute delete --name {cluster}), or use another cluster."))
-        facts.cluster_sku = getattr(compute, "size", None)
-        if prof.compute.instance_type and facts.cluster_sku and \
-                skus.normalize(prof.compute.instance_type).lower() != skus.normalize(facts.cluster_sku).lower():
-            out.append(finding("warning", "cluster", f"compute.instance_type is {prof.compute.instance_type} but "
-                               f"cluster {cluster} runs {facts.cluster_sku}; using the cluster's size.",
-                               "Update compute.instance_type to match the cluster."))
-        min_nodes = int(getattr(compute, "min_instances", 0) or 0)
-        if min_nodes > 0:
-            price = skus.price_per_hour(facts.cluster_sku, prof.prices)
-            cost = f" (about ${price * min_nodes:.2f}/h)" if price else ""
-            out.append(finding("warning", "cluster", f"Cluster {cluster} keeps {min_nodes} node(s) running while idle{cost}.",
-                               f"az ml compute update --name {cluster} --min-instances 0"))
-    elif prof.compute.instance_type:
-        facts.cluster_sku = prof.compute.instance_type
+            return None, [finding("warning", "gpus.sizes_unreadable", f"VM sizes not checked: {exc.message}",
+                                  exc.hint or "")]
+    return run.facts.sizes, []
 
-    # fine-tune SKU --------------------------------------------------------------
-    if facts.cluster_sku and model is not None:
-        allow = finetune_allow_list(model)
-        problem = finetune_sku_problem(facts.cluster_sku, allow)
-        if problem:
-            out.append(finding("error", "finetune_sku", f"Cluster {cluster}: {problem}.",
-                               "Use a cluster of an allowed size: " + ", ".join(allow or skus.known_gpu_skus()[:6])))
 
-    # GPUs per node + quota -----------------------------------------------------------
-    sizes = guard("gpus", "", lambda: list(call("Listing VM sizes", sess.ws.compute.list_sizes, idempotent=True)))
-    if facts.cluster_sku:
-        size = next((s for s in sizes or [] if str(s.name).lower() == skus.normalize(facts.cluster_sku).lower()), None)
-        if sizes is not None and size is None:
-            gpu_sizes = sorted(str(s.name) for s in sizes if (getattr(s, "gpus", 0) or 0) > 0)
-            out.append(finding("error", "gpus", f"VM size {facts.cluster_sku} is not offered in this workspace's region.",
-                               "Available GPU sizes: " + (", ".join(gpu_sizes) or "none")))
-        table_gpus = skus.gpus_per_node(facts.cluster_sku)
-        gpus = int(size.gpus) if size is not None and getattr(size, "gpus", None) else table_gpus
-        if prof.compute.gpus_per_node:
-            if gpus and prof.compute.gpus_per_node > gpus:
-                out.append(finding("error", "gpus", f"compute.gpus_per_node={prof.compute.gpus_per_node} but "
-                                   f"{facts.cluster_sku} has {gpus} GPU(s).", f"Set compute.gpus_per_node <= {gpus}."))
-            gpus = prof.compute.gpus_per_node
-        facts.gpus_per_node = gpus
-        if gpus is None:
-            out.append(finding("error", "gpus", f"Unknown number of GPUs for {facts.cluster_sku}.",
-                               "Set compute.gpus_per_node."))
-        elif gpus == 0:
-            out.append(finding("error", "gpus", f"{facts.cluster_sku} has no GPU; fine-tuning needs one.",
-                               "Use a GPU cluster, e.g. Standard_NC24ads_A100_v4."))
-        if size is not None:
-            out.extend(quota_findings(sess, size, nodes=prof.compute.num_nodes, what=f"cluster {cluster}"))
+def check_gpus(run: _Run) -> list[dict[str, Any]]:
+    """The size is offered in the region and has the GPUs the profile asks for."""
+    sku, prof = run.facts.cluster_sku, run.prof
+    if not sku:
+        return []
+    sizes, out = _sizes(run)
+    size = (sizes or {}).get(skus.normalize(sku).lower())
+    if sizes is not None and size is None:
+        gpu_sizes = sorted(s.name for s in sizes.values() if s.gpus > 0)
+        out.append(finding("error", "gpus.size_unavailable", f"VM size {sku} is not offered in this workspace's region.",
+                           "Available GPU sizes: " + (", ".join(gpu_sizes) or "none")))
+    gpus = size.gpus if size is not None and size.gpus else skus.gpus_per_node(sku)
+    want = prof.compute.gpus_per_node
+    if want:
+        if gpus and want > gpus:
+            out.append(finding("error", "gpus.too_many", f"compute.gpus_per_node={want} but {sku} has {gpus} GPU(s).",
+                               f"Set compute.gpus_per_node <= {gpus}."))
+        gpus = want
+    run.facts.gpus_per_node = gpus
+    if gpus is None:
+        out.append(finding("error", "gpus.unknown", f"Unknown number of GPUs for {sku}.", "Set compute.gpus_per_node."))
+    elif gpus == 0:
+        out.append(finding("error", "gpus.none", f"{sku} has no GPU; fine-tuning needs one.",
+                           "Use a GPU cluster, e.g. Standard_NC24ads_A100_v4."))
+    return out
 
-    # inference SKU now, not after training ----------------------------------------------
-    inf = prof.endpoint.instance_type
-    if model is not None:
-        allow = inference_allow_list(model)
-        if allow and not skus.sku_allowed(inf, allow):
-            out.append(finding("error", "inference_sku", f"endpoint.instance_type {inf} is not in the model's "
-                               f"inference allow-list; the deployment would be refused after training.",
-                               "Use one of: " + ", ".join(allow)))
-    inf_size = next((s for s in sizes or [] if str(s.name).lower() == skus.normalize(inf).lower()), None)
-    if inf_size is not None:
-        out.extend(f | {"severity": "warning"} for f in
-                   quota_findings(sess, inf_size, nodes=prof.endpoint.instance_count, what="the endpoint"))
 
-    if prof.pipeline.validate_data_step:
-        out.append(validate_step_notice())
+def _quota_findings(run: _Run, sku: str | None, count: int, *, what: str, queues: bool,
+                    surplus: float = 1.0) -> list[dict[str, Any]]:
+    sizes, out = _sizes(run)
+    size = (sizes or {}).get(skus.normalize(sku).lower()) if sku else None
+    if size is None or not size.vcpus:
+        return out
+    try:
+        usages = quota.list_usages(run.sess)
+    except AmlftError as exc:
+        return [*out, finding("warning", "quota.unreadable", f"Quota not checked: {exc.message}", exc.hint or "")]
+    problem = quota.quota_problem(size, count, usages, what=what, queues=queues, surplus=surplus)
+    if problem is None:
+        return out
+    severity, message, fix = problem
+    return [*out, finding(severity, "quota.exceeded" if severity == "error" else "quota.busy", message, fix)]
 
-    # names ---------------------------------------------------------------------------
-    ep = endpoint_name(run_id, prof)
-    facts.endpoint_name = ep
-    for what, n in (("Endpoint", ep), ("Deployment", prof.endpoint.deployment_name)):
+
+def check_cluster_quota(run: _Run) -> list[dict[str, Any]]:
+    """nodes x vCPUs of the cluster's size against its family's and the region's free quota."""
+    return _quota_findings(run, run.facts.cluster_sku, run.prof.compute.num_nodes,
+                           what=f"cluster {run.prof.compute.cluster}", queues=True)
+
+
+def check_inference_sku(run: _Run) -> list[dict[str, Any]]:
+    """The endpoint's size is on the model's inference allow-list: refused after training otherwise."""
+    inf, model = run.prof.endpoint.instance_type, run.facts.model
+    allow = inference_allow_list(model) if model is not None else None
+    if not allow or skus.sku_allowed(inf, allow):
+        return []
+    return [finding("error", "inference_sku.not_allowed", f"endpoint.instance_type {inf} is not in the model's "
+                    "inference allow-list; the deployment would be refused after training.",
+                    "Use one of: " + ", ".join(allow))]
+
+
+def check_endpoint_quota(run: _Run) -> list[dict[str, Any]]:
+    """instance_count x vCPUs (+20% the service reserves for upgrades) against free quota."""
+    e = run.prof.endpoint
+    return _quota_findings(run, e.instance_type, e.instance_count, what="the endpoint", queues=False, surplus=1.2)
+
+
+def check_names(prof: Profile, endpoint: str) -> list[dict[str, Any]]:
+    out = []
+    for what, n, key in (("Endpoint", endpoint, "name"), ("Deployment", prof.endpoint.deployment_name, "deployment_name")):
         why = names.name_problem(n, what=what)
         if why:
-            out.append(finding("error", "names", why, f"Set endpoint.{'name' if what == 'Endpoint' else 'deployment_name'}"
-                               " to 3-32 letters, digits or '-', starting with a letter."))
-    return out, facts
+            out.append(finding("error", "names.invalid", why,
+                               f"Set endpoint.{key} to 3-32 letters, digits or '-', starting with a letter."))
+    return out
 
 
-def validate_step_notice() -> dict[str, Any]:
-    return finding("warning", "pipeline", "pipeline.validate_data_step is not wired into the Azure pipeline by this "
-                   "version; the data was validated locally by `amlft data` before upload instead.",
-                   "Set pipeline.validate_data_step: false to silence this.")
+# Infra findings that repeat one of ours (same fact, found a second way), by code.
+_INFRA_DUPLICATES = {"infra.cluster_missing": "cluster.missing", "infra.idle_nodes": "cluster.idle_nodes"}
 
 
-def quota_findings(sess: AzureSession, size: Any, *, nodes: int, what: str) -> list[dict[str, Any]]:
-    """vCPU quota of the size's family: an error when the limit cannot fit the request at all."""
-    family = str(getattr(size, "family", "") or "")
-    vcpus = int(getattr(size, "v_cp_us", 0) or 0)
-    if not family or not vcpus:
-        return []
-    try:
-        usages = list(call("Listing quota usage", sess.ws.compute.list_usage, idempotent=True))
-    except AmlftError as exc:
-        return [finding("info", "quota", f"Quota not checked: {exc.message}", "")]
-    need = vcpus * nodes
-    for u in usages:
-        name = getattr(getattr(u, "name", None), "value", None) or ""
-        if str(name).lower() != family.lower():
-            continue
-        limit, current = int(u.limit or 0), int(u.current_value or 0)
-        if limit < need:
-            return [finding("error", "quota", f"{what} needs {need} {family} vCPUs ({nodes} x {size.name}); "
-                            f"the quota is {limit}.",
-                            f"Request more {family} quota (Azure portal > Quotas > Machine learning), "
-                            "or pick a size you have quota for.")]
-        if limit - current < need:
-            return [finding("warning", "quota", f"{what} needs {need} {family} vCPUs; {limit - current} of {limit} "
-                            "are free right now, so it may queue.", "Free up nodes or request more quota.")]
-        return []
-    return []
+def merge_infra(found: list[dict[str, Any]], infra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add the infra comparison's findings, minus those that repeat a preflight finding's code."""
+    ours = {f.get("code") for f in found}
+    return found + [f for f in infra if _INFRA_DUPLICATES.get(str(f.get("code"))) not in ours]

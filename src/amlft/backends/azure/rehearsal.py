@@ -1,58 +1,37 @@
-"""`--rehearse`: the same backend code and the real SDK, against the in-process fake.
+"""The seam through which `--rehearse` swaps Azure for an in-process fake.
 
-The fake keeps its world in `<state_dir>/rehearsal/fake-state.json`, so `submit` in one
-process and `wait` in the next see the same job, as two GitHub Actions jobs would. It
-stays active for the whole process (not per step) because `invoke` posts to the
-scoring URI from shared code outside the backend; it stops at exit, or via `stop_all()`.
+The backend may not depend on `amlft.testing` (dependencies flow cli -> lifecycle ->
+backends -> core, and testing sits on top), so the fake is *installed* here from above:
+`amlft.testing.rehearsal.install()`, which the CLI calls for a rehearsed run. A provider
+is any callable `(faults, *, root) -> fake` whose fake has `credential`,
+`subscription_id`, `resource_group` and `workspace_name`.
 """
 
 from __future__ import annotations
 
-import atexit
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from amlft.records import state_dir
-
-_ACTIVE: dict[str, Any] = {}
 NOTICE = ("REHEARSAL: talking to amlft's in-process Azure ML fake (state {path}); "
           "nothing here touches Azure or costs money.")
 
+_provider: Callable[..., Any] | None = None
+_state_path: Callable[[Path | None], Path] | None = None
 
-def fake_state_path(root: Path | None = None) -> Path:
-    return (root or state_dir()) / "rehearsal" / "fake-state.json"
+
+def install_provider(provider: Callable[..., Any], *, state_path: Callable[[Path | None], Path]) -> None:
+    global _provider, _state_path
+    _provider, _state_path = provider, state_path
 
 
-def ensure_fake(faults: list[str] | tuple[str, ...] = (), *, root: Path | None = None) -> Any:
-    """The started fake for this state directory, with exactly `faults` active."""
+def fake_for(faults: list[str] | tuple[str, ...], *, root: Path | None) -> tuple[Any, Path]:
+    """The installed provider's fake for this state directory, and where it keeps its world."""
     from amlft.errors import ConfigError
-    from amlft.testing import FAULTS, FakeAzureML
 
-    unknown = [f for f in faults if f not in FAULTS]
-    if unknown:
-        raise ConfigError(f"Unknown fault(s): {', '.join(unknown)}.", hint=f"Choose from: {', '.join(FAULTS)}.")
-    path = fake_state_path(root)
-    key = str(path.resolve()) if path.exists() else str(path.absolute())
-    fake = _ACTIVE.get(key)
-    if fake is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fake = FakeAzureML(path)
-        fake.start()
-        _ACTIVE[key] = fake
-    current = set(fake.faults)
-    for name in current - set(faults):
-        fake.remove_fault(name)
-    for name in faults:
-        if name not in current:
-            fake.add_fault(name)
-    return fake
-
-
-def stop_all() -> None:
-    """Stop every fake this process started (tests call this between cases)."""
-    while _ACTIVE:
-        _, fake = _ACTIVE.popitem()
-        fake.stop()
-
-
-atexit.register(stop_all)
+    if _provider is None or _state_path is None:
+        raise ConfigError(
+            "--rehearse needs amlft's in-process Azure ML fake, and none is installed in this process.",
+            hint="Install it with `pip install 'amlft[rehearse]'`; from Python, call "
+                 "`amlft.testing.rehearsal.install()` before running a rehearsed step.")
+    return _provider(faults, root=root), _state_path(root)

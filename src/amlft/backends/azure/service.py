@@ -3,15 +3,13 @@
 Every SDK call the backend makes goes through `call()`: an HttpResponseError becomes a
 ServiceError carrying status, service error code, message and request id (what Azure
 support asks for); a credential failure becomes AuthError. Transient answers (429, 5xx)
-are retried by azure-core's RetryPolicy first; `call()` adds a few retries of its own
-for operations azure-core will not retry (POSTs such as listKeys) when `idempotent=True`.
+are retried by azure-core's RetryPolicy (see `retries.py`), never here: one retry layer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,8 +17,6 @@ from amlft.errors import AmlftError, AuthError, ServiceError
 
 T = TypeVar("T")
 TRANSIENT = {408, 429, 500, 502, 503, 504}
-# Seconds between our own retries; rehearsals set it near zero (the fake's clock is virtual).
-retry_delay_s = 2.0
 
 _HINTS = {
     401: "The credential was rejected: run `az login` (or check AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_FEDERATED_TOKEN_FILE in CI).",
@@ -46,6 +42,17 @@ def translate(exc: BaseException, what: str, *, hint: str | None = None) -> Amlf
         return AuthError(f"{what}: no usable Azure credential ({_first_line(exc)}).",
                          hint="Run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ a secret or federated "
                               "token) for a service principal; in GitHub Actions use azure/login with OIDC.")
+    from azure.ai.ml.exceptions import MlException
+
+    if isinstance(exc, MlException):
+        # The SDK checks some answers itself (e.g. a registry asset that does not exist) and raises
+        # MlException instead of HttpResponseError; it is still the service saying no.
+        text = _first_line(exc)
+        missing = "does not exist" in text.lower() or "not found" in text.lower()
+        category = getattr(exc, "error_category", None)
+        return ServiceError(f"{what} failed: {text}", status=404 if missing else None,
+                            code=str(getattr(category, "value", category) or "") or None,
+                            hint=hint or (_HINTS[404] if missing else None))
     if isinstance(exc, HttpResponseError):
         status = exc.status_code
         err = getattr(exc, "error", None)
@@ -64,26 +71,19 @@ def translate(exc: BaseException, what: str, *, hint: str | None = None) -> Amlf
     return None
 
 
-def call(what: str, fn: Callable[..., T], *args: Any, hint: str | None = None, idempotent: bool = False,
-         attempts: int = 4, **kwargs: Any) -> T:
-    """Run one SDK call, translating failures; retry transient ones when the call is idempotent."""
-    for attempt in range(1, attempts + 1):
-        try:
-            # The SDK's LRO poller prints progress dots to stdout, which would corrupt --json output.
-            with contextlib.redirect_stdout(io.StringIO()):
-                return fn(*args, **kwargs)
-        except AmlftError:
+def call(what: str, fn: Callable[..., T], *args: Any, hint: str | None = None, **kwargs: Any) -> T:
+    """Run one SDK call; a service or credential failure becomes an amlft error with a hint."""
+    try:
+        # The SDK's LRO poller prints progress dots to stdout, which would corrupt --json output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args, **kwargs)
+    except AmlftError:
+        raise
+    except Exception as exc:
+        err = translate(exc, what, hint=hint)
+        if err is None:
             raise
-        except Exception as exc:
-            err = translate(exc, what, hint=hint)
-            if err is None:
-                raise
-            status = getattr(err, "status", None)
-            if idempotent and status in TRANSIENT and attempt < attempts:
-                time.sleep(retry_delay_s * attempt)
-                continue
-            raise err from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+        raise err from exc
 
 
 def enum_text(value: Any) -> str:
@@ -100,13 +100,6 @@ def quiet_sdk_logs() -> None:
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     # e.g. "Check: endpoint X exists" at INFO on a handler the SDK installs itself
     logging.getLogger("azure.ai.ml.operations").setLevel(logging.WARNING)
-
-
-def is_not_found(exc: BaseException) -> bool:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status", None) == 404 or \
-        getattr(exc, "status_code", None) == 404
 
 
 def _first_line(exc: BaseException) -> str:

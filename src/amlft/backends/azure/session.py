@@ -35,13 +35,15 @@ class AzureSession:
         return 0.02 if self.rehearse else 30.0
 
 
-def client_kwargs(rehearse: bool) -> dict[str, Any]:
-    """Options for MLClient: azure-core retries (429/5xx) stay on; rehearsals back off instantly."""
-    kw: dict[str, Any] = {"show_progress": False, "retry_total": 6}
-    if rehearse:
-        kw["retry_backoff_factor"] = 0.0
-        kw["retry_backoff_max"] = 0.0
-    return kw
+def client_kwargs(rehearse: bool, console: Console) -> dict[str, Any]:
+    """Options for MLClient: the one retry layer (azure-core's, announced on the console).
+
+    Rehearsals do not sleep the announced waits: the fake's clock is virtual.
+    """
+    from amlft.backends.azure.retries import VisibleRetryPolicy
+
+    policy = VisibleRetryPolicy(announce=console.warn, time_scale=0.0 if rehearse else 1.0)
+    return {"show_progress": False, "retry_policy": policy}
 
 
 def open_session(ctx: StepContext) -> AzureSession:
@@ -62,13 +64,12 @@ def connect(prof: Profile, *, rehearse: bool, faults: list[str], console: Consol
     service.quiet_sdk_logs()
     from azure.ai.ml import MLClient
 
-    kwargs = client_kwargs(rehearse)
+    kwargs = client_kwargs(rehearse, console)
     if rehearse:
-        from amlft.backends.azure.rehearsal import NOTICE, ensure_fake, fake_state_path
+        from amlft.backends.azure.rehearsal import NOTICE, fake_for
 
-        fake = ensure_fake(faults, root=root)
-        service.retry_delay_s = 0.0
-        console.info(NOTICE.format(path=fake_state_path(root)))
+        fake, state_path = fake_for(faults, root=root)
+        console.info(NOTICE.format(path=state_path))
         if faults:
             console.info(f"REHEARSAL: injected fault(s): {', '.join(faults)}")
         credential, desc = fake.credential, "rehearsal credential (fake)"

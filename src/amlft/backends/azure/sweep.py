@@ -57,7 +57,7 @@ def sweep_stale_endpoints(*, prof: Profile, older_than: str, dry_run: bool, rehe
     deleted: list[str] = []
     kept: list[str] = []
     skipped: list[str] = []
-    for ep in call("Listing online endpoints", lambda: list(sess.ws.online_endpoints.list()), idempotent=True):
+    for ep in call("Listing online endpoints", lambda: list(sess.ws.online_endpoints.list())):
         tags = getattr(ep, "tags", None) or {}
         if not tags.get(TAG_RUN):
             skipped.append(ep.name)
@@ -71,8 +71,7 @@ def sweep_stale_endpoints(*, prof: Profile, older_than: str, dry_run: bool, rehe
         if dry_run:
             console.info(f"would delete endpoint {what}")
         else:
-            call(f"Deleting endpoint {ep.name}", lambda n=ep.name: sess.ws.online_endpoints.begin_delete(name=n).result(),
-                 idempotent=True)
+            call(f"Deleting endpoint {ep.name}", lambda n=ep.name: sess.ws.online_endpoints.begin_delete(name=n).result())
             console.info(f"deleted endpoint {what}")
             _forget_in_record(str(tags[TAG_RUN]), ep.name)
         deleted.append(ep.name)
