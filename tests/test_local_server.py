@@ -1,8 +1,9 @@
 """The local scoring server: both contracts, streaming, auth, limits, batching, launch/stop.
 
-Most tests run the real HTTP server in this process (`serve`) around one real engine on the
-tiny model, so they cost milliseconds each; one test launches the detached process the way
-`amlft deploy` does.
+Most tests run the real HTTP server (uvicorn) in a thread of this process around one real
+engine on the tiny model, so they cost milliseconds each; one test launches the detached
+process the way `amlft deploy` does. The contract tests take the `engine` fixture, which is
+parametrised over ENGINE_FACTORIES: a second engine joins them by adding an entry there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,34 +37,41 @@ def model_dir(tiny_model_dir: Path) -> Path:
     return tiny_model_dir
 
 
-@pytest.fixture(scope="module")
-def engine(model_dir: Path) -> Iterator[Any]:
+def _transformers_engine(model_dir: Path, options: Any) -> Any:
+    from amlft.backends.local.engines import create_engine
+
+    return create_engine("transformers", model_dir, options)
+
+
+# engine name -> factory(transformers model folder, EngineOptions) -> a loaded GenerationEngine
+ENGINE_FACTORIES: dict[str, Callable[[Path, Any], Any]] = {"transformers": _transformers_engine}
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINE_FACTORIES))
+def engine(request: pytest.FixtureRequest, model_dir: Path) -> Iterator[Any]:
     import torch
 
-    from amlft.backends.local.generation import Engine
+    from amlft.backends.local.engines import EngineOptions
 
     threads = torch.get_num_threads()  # one thread, as the server picks for a tiny model; restored after
-    eng = Engine(model_dir, max_concurrency=4, max_queue=8, threads=1)
+    eng = ENGINE_FACTORIES[request.param](model_dir, EngineOptions(max_concurrency=4, max_queue=8, threads=1))
     yield eng
     eng.close(1.0)
     torch.set_num_threads(threads)
 
 
-def _serve(engine: Any, **limits: Any) -> tuple[Any, str]:
-    from amlft.backends.local.server import App, serve
+def _serve(engine: Any, **limits: Any) -> Any:
+    from amlft.backends.local.server import InProcessServer, Settings
 
-    app = App(engine, KEY, request_timeout_s=limits.get("request_timeout_s", 30.0),
-              max_request_bytes=limits.get("max_request_bytes", 8192))
-    httpd = serve(app, "127.0.0.1", 0)
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+    return InProcessServer(engine, KEY, Settings(**{"request_timeout_s": 30.0, "max_request_bytes": 8192,
+                                                    "drain_s": 2.0, **limits}))
 
 
 @pytest.fixture(scope="module")
 def base(engine: Any) -> Iterator[str]:
-    httpd, url = _serve(engine)
-    yield url
-    httpd.shutdown()
-    httpd.server_close()
+    srv = _serve(engine)
+    yield srv.url
+    srv.close()
 
 
 def _auth(key: str = KEY) -> dict[str, str]:
@@ -128,6 +136,74 @@ def test_models_and_health(base: str, model_dir: Path) -> None:
     assert KEY not in health.text
 
 
+@pytest.mark.slow
+def test_ready_and_content_parts_joined_in_order(base: str) -> None:
+    ready = requests.get(f"{base}/ready", timeout=5)  # no key needed, like /health
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    parts = [{"type": "text", "text": "Classify this item:"}, {"type": "text", "text": "helicopter"}]
+    as_parts = _chat(base, [{"role": "user", "content": parts}], max_tokens=12)
+    as_text = _chat(base, [{"role": "user", "content": "Classify this item:\nhelicopter"}], max_tokens=12)
+    assert as_parts.status_code == 200, as_parts.text
+    assert as_parts.json()["choices"][0]["message"] == as_text.json()["choices"][0]["message"]
+
+
+def _chat(base: str, messages: list[dict[str, Any]], **fields: Any) -> requests.Response:
+    return requests.post(f"{base}/v1/chat/completions", headers=_auth(), timeout=30,
+                         json={"messages": messages, "temperature": 0, **fields})
+
+
+@pytest.mark.slow
+def test_ignore_eos_min_tokens_and_stop_fix_the_output_length(base: str) -> None:
+    full = _chat(base, CHATS[0], max_tokens=16, ignore_eos=True).json()
+    assert full["usage"]["completion_tokens"] == 16 and full["choices"][0]["finish_reason"] == "length"
+    text = full["choices"][0]["message"]["content"]
+    # a string the greedy output reaches once, halfway
+    stop = next(text[i:i + 2] for i in range(len(text) // 2, len(text) - 2) if text.count(text[i:i + 2]) == 1)
+    cut = _chat(base, CHATS[0], max_tokens=16, ignore_eos=True, stop=[stop]).json()
+    kept = cut["choices"][0]["message"]["content"]
+    assert cut["choices"][0]["finish_reason"] == "stop" and text.startswith(kept) and stop not in kept
+    assert cut["usage"]["completion_tokens"] < 16
+
+    # min_tokens: a stop string (like end-of-sequence) cannot end the output before it
+    late = _chat(base, CHATS[0], max_tokens=16, ignore_eos=True, stop=[stop], min_tokens=16).json()
+    assert late["usage"]["completion_tokens"] == 16 and late["choices"][0]["message"]["content"] == text
+
+    # streamed: the same text, and the stop string never reaches the client
+    body = {"messages": CHATS[0], "temperature": 0, "max_tokens": 16, "ignore_eos": True, "stop": stop,
+            "stream": True}
+    with requests.post(f"{base}/v1/chat/completions", json=body, headers=_auth(), stream=True, timeout=30) as r:
+        events = [e[6:] for e in r.content.decode().split("\n\n") if e]
+    pieces = [json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]]
+    assert "".join(pieces) == kept
+
+
+def test_min_tokens_masks_end_of_sequence_for_short_rows() -> None:
+    import torch
+
+    from amlft.backends.local.engines import GenRequest, make_params
+    from amlft.backends.local.engines.transformers_engine import RowControl
+
+    class Engine:  # what RowControl reads of its engine
+        def __init__(self) -> None:
+            self.eos_ids, self.context_length = {2}, 64
+
+    rows = [GenRequest(make_params(where="", limit=64, max_new_tokens=8, min_tokens=m), deadline=0.0,
+                       prompt_ids=[5, 6]) for m in (3, 0)]
+    control = RowControl(Engine(), rows, width=2)  # type: ignore[arg-type]
+    scores = control.min_tokens(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 10))  # 2 tokens so far
+    assert scores[0, 2] == float("-inf") and scores[1, 2] == 0 and scores[0, 3] == 0
+
+
+def test_key_is_read_once_and_removed_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from amlft.backends.local.server import KEY_ENV, read_key
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert read_key() == KEY
+    assert KEY_ENV not in os.environ and read_key() == ""
+
+
 # ---- auth and limits ----------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("path,method", [("/score", "POST"), ("/v1/chat/completions", "POST"),
@@ -188,7 +264,7 @@ def test_400_names_the_bad_field(base: str, path: str, body: Any, field: str) ->
 
 # ---- batching ------------------------------------------------------------------------------
 def test_sampling_rules_and_batch_keys() -> None:
-    from amlft.backends.local.generation import make_params
+    from amlft.backends.local.engines import make_params
 
     default = make_params(where="", limit=64)
     assert not default.do_sample and default.max_new_tokens == 64  # unasked: greedy, capped by the server
@@ -202,11 +278,14 @@ def test_sampling_rules_and_batch_keys() -> None:
 
 @pytest.mark.slow
 def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
-    from amlft.backends.local.generation import GenRequest, make_params
+    from amlft.backends.local.engines import GenRequest, make_params
+
+    if not hasattr(engine, "generate_batch"):
+        pytest.skip("the engine does not batch through BatchScheduler.generate_batch")
 
     def req(msgs: list[dict[str, str]], n: int) -> Any:
-        return GenRequest(engine.encode(msgs), make_params(where="", max_new_tokens=n, limit=4096),
-                          deadline=time.monotonic() + 60)
+        return GenRequest(make_params(where="", max_new_tokens=n, limit=4096), deadline=time.monotonic() + 60,
+                          prompt_ids=engine.encode(msgs))
 
     alone = [req(m, 10 + 4 * i) for i, m in enumerate(CHATS)]
     for r in alone:
@@ -218,7 +297,7 @@ def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
     assert len({len(r.prompt_ids) for r in together}) > 1, "prompts of different lengths were left-padded"
 
     # Through HTTP: concurrent requests share generate calls and still get their own answers.
-    before = dict(engine.stats)
+    before = engine.health()["stats"]
     results: dict[int, str] = {}
 
     def call(i: int) -> None:
@@ -230,15 +309,16 @@ def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
     for t in threads:
         t.join(30)
     assert [results[i] for i in range(8)] == [alone[i % 4].text for i in range(8)]
-    assert engine.stats["batches"] - before["batches"] < 8, "some requests were batched together"
+    assert engine.health()["stats"]["batches"] - before["batches"] < 8, "some requests were batched together"
 
 
 # ---- overload, timeout ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_overload_503_timeout_504_and_slot_freed(model_dir: Path) -> None:
-    from amlft.backends.local.generation import Engine
+    from amlft.backends.local.engines import EngineOptions
+    from amlft.backends.local.engines.transformers_engine import TransformersEngine
 
-    eng = Engine(model_dir, max_concurrency=1, max_queue=0)
+    eng = TransformersEngine(model_dir, EngineOptions(max_concurrency=1, max_queue=0))
     forward = eng.model.forward
 
     def slow_forward(*args: Any, **kwargs: Any) -> Any:  # a big model on a small machine
@@ -246,7 +326,8 @@ def test_overload_503_timeout_504_and_slot_freed(model_dir: Path) -> None:
         return forward(*args, **kwargs)
 
     eng.model.forward = slow_forward
-    httpd, url = _serve(eng, request_timeout_s=1.0)
+    srv = _serve(eng, request_timeout_s=1.0)
+    url = srv.url
     try:
         slow_body = {"messages": CHATS[0], "max_tokens": 300, "ignore_eos": True, "temperature": 0}
         outcome: dict[str, Any] = {}
@@ -278,8 +359,7 @@ def test_overload_503_timeout_504_and_slot_freed(model_dir: Path) -> None:
                            headers=_auth(), timeout=30)
         assert ok.status_code == 200
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        srv.close()
         eng.close(1.0)
 
 
@@ -306,6 +386,7 @@ def test_launch_stop_is_alive_drains_and_frees_port(model_dir: Path, tmp_path: P
     try:
         assert started == [handle.pid]
         assert is_alive(handle.pid, handle.port)
+        assert requests.get(f"http://127.0.0.1:{handle.port}/ready", timeout=5).json()["status"] == "ready"
         assert KEY not in Path(f"/proc/{handle.pid}/cmdline").read_text(errors="replace")
         assert handle.scoring_uri.endswith("/score") and handle.openai_base_url.endswith("/v1")
         answer = score(handle.scoring_uri, KEY, CHATS[0], GREEDY)

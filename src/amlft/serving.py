@@ -16,7 +16,9 @@ at that layer, so `--rehearse` exercises exactly this code.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from amlft.errors import DataError, ServiceError
 
@@ -66,6 +68,183 @@ def validate_messages(msgs: Any, where: str = "messages") -> list[dict[str, str]
             raise ContractError(f"{where}[{i}].content must be a string")
         out.append({"role": role, "content": content})
     return out
+
+
+# ---- server side: request models -----------------------------------------------------------
+# Strict on purpose: a number is a JSON number (finite: NaN/Infinity are refused by the parser
+# settings below), an unknown field is refused by name rather than silently ignored, and the
+# JSON parser itself bounds nesting depth and refuses lone surrogates / invalid UTF-8.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+MAX_MESSAGES = 1024
+
+
+def _check_role(role: str, info: ValidationInfo) -> str:
+    """Roles come from the model's template (validation context "roles"), else the usual three."""
+    allowed = tuple((info.context or {}).get("roles") or ROLES)
+    if role not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)} (got {role!r})")
+    return role
+
+
+class AzureMLMessage(BaseModel):
+    model_config = _STRICT
+    role: str
+    content: str
+
+    _role = field_validator("role")(_check_role)
+
+
+class AzureMLParameters(BaseModel):
+    """input_data.parameters: what a client may ask of generate on /score."""
+
+    model_config = _STRICT
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    do_sample: bool | None = None
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=100)] | None = None
+    ignore_eos: bool | None = None
+
+
+class AzureMLInput(BaseModel):
+    model_config = _STRICT
+    input_string: Annotated[list[AzureMLMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    parameters: AzureMLParameters | None = None
+
+    @field_validator("input_string", mode="before")
+    @classmethod
+    def _unnest(cls, value: Any) -> Any:
+        """The reference notebook sends [[...messages...]]: a list holding one conversation."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            return value[0]
+        return value
+
+
+class AzureMLRequest(BaseModel):
+    """POST /score: {"input_data": {"input_string": [...], "parameters": {...}}}."""
+
+    model_config = _STRICT
+    input_data: AzureMLInput
+
+
+class ChatMessage(BaseModel):
+    """An OpenAI chat message: content is a string or a list of text parts (joined in order)."""
+
+    model_config = _STRICT
+    role: str
+    content: str
+
+    _role = field_validator("role")(_check_role)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        texts = []
+        for i, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"part {i} has type {kind!r}: this server reads text only; send "
+                                 '{"type": "text", "text": "..."} parts or a string')
+            if set(part) - {"type", "text"} or not isinstance(part.get("text"), str):
+                raise ValueError(f'part {i} must be exactly {{"type": "text", "text": "<string>"}}')
+            texts.append(part["text"])
+        return "\n".join(texts)  # as vLLM joins text parts
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool | None = None
+
+
+def _only(name: str, allowed: Any) -> Any:
+    def check(cls: Any, value: Any) -> Any:
+        if value is not None and value != allowed:
+            raise ValueError(f"{name}={value!r} is not supported (only {allowed!r})")
+        return value
+    return field_validator(name, mode="before")(classmethod(check))
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions: the OpenAI fields this server honours, plus vLLM's min_tokens,
+    ignore_eos, top_k and repetition_penalty. Fields accepted only at their no-op value (n,
+    penalties, logprobs, store) are refused otherwise, naming the value."""
+
+    model_config = _STRICT
+    model: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=100)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    n: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logprobs: Any = None
+    store: Any = None
+
+    _n = _only("n", 1)
+    _fp = _only("frequency_penalty", 0)
+    _pp = _only("presence_penalty", 0)
+    _lp = _only("logprobs", False)
+    _st = _only("store", False)
+
+
+def _where(loc: tuple[int | str, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe_validation_error(exc: ValidationError, *, prefix: str = "", supported: dict[str, Any] | None = None,
+                              limit: int = 3) -> str:
+    """One line naming each bad field (up to `limit`), e.g. `input_data.parameters.top_p: ...`."""
+    parts = []
+    for err in exc.errors(include_url=False)[:limit]:
+        where, kind, msg = _where(err["loc"], prefix), err["type"], err["msg"]
+        if kind == "json_invalid":
+            parts.append(f"body is not valid JSON ({msg.removeprefix('Invalid JSON: ')}); send UTF-8 JSON "
+                         "without NaN/Infinity, lone surrogates or deep nesting")
+        elif kind == "extra_forbidden":
+            allowed = (supported or {}).get(_where(err["loc"][:-1], prefix))
+            parts.append(f"{where} is not supported" + (f" (supported: {', '.join(allowed)})" if allowed else
+                                                         " by this server"))
+        elif kind == "missing":
+            parts.append(f"{where} is required")
+        else:
+            got = repr(err.get("input"))
+            parts.append(f"{where}: {msg.removeprefix('Value error, ')}"
+                         + (f" (got {got[:60]})" if kind != "value_error" else ""))
+    return "; ".join(parts)
+
+
+def parse_azureml_body(raw: bytes, *, roles: tuple[str, ...] | None = None) -> AzureMLRequest:
+    """Server side: validate a /score body (bytes) or raise ContractError naming the field."""
+    try:
+        return AzureMLRequest.model_validate_json(raw, context={"roles": roles})
+    except ValidationError as exc:
+        supported = {"input_data.parameters": list(AzureMLParameters.model_fields)}
+        raise ContractError(describe_validation_error(exc, supported=supported)) from None
+
+
+def parse_chat_body(raw: bytes, *, roles: tuple[str, ...] | None = None) -> ChatCompletionRequest:
+    """Server side: validate a /v1/chat/completions body or raise ContractError naming the field."""
+    try:
+        return ChatCompletionRequest.model_validate_json(raw, context={"roles": roles})
+    except ValidationError as exc:
+        raise ContractError(describe_validation_error(exc)) from None
 
 
 def parse_azureml_response(payload: Any) -> str:

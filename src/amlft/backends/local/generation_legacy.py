@@ -1,4 +1,6 @@
-"""The local scoring server's generation engine: one model, one worker, dynamic batching.
+"""LEGACY (http.server), kept only for scripts/bench_serving.py's old-vs-new comparison; deleted before merge.
+
+The local scoring server's generation engine: one model, one worker, dynamic batching.
 
 Why a single worker thread: on a CPU (or one GPU) two `generate` calls running side by side
 only fight over the same cores. What does pay is *batching*: requests that wait while a
