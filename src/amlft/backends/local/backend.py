@@ -85,20 +85,53 @@ class LocalBackend:
         return ctx.record.root
 
     def _base_model(self, ctx: StepContext) -> tuple[str, str]:
-        """(model reference to load, what to call it in lineage): a built tiny model, a folder or a hub id."""
+        """(model reference to load, what to call it in lineage): a built tiny model, a shipped model,
+        a GGUF file (its cached conversion), a folder or a hub id."""
         m = ctx.profile.model
+        chosen = [k for k in ("build", "source", "gguf", "path") if getattr(m, k)]
+        if len(chosen) > 1:
+            raise ConfigError(f"model.{' and model.'.join(chosen)} are both set; the local backend needs one.",
+                              hint="Keep one of model.build, model.source, model.gguf, model.path "
+                                   "(model.hub_id may stay beside gguf/path to name the base model).")
         if m.build == "tiny":
             return str(self._state_dir(ctx) / "models" / "tiny-chat"), "amlft-tiny-chat"
+        gguf = self._gguf_file(ctx)
+        if gguf is not None:
+            from amlft.backends.local.model_sources import converted_dir, shipped_model
+
+            label = shipped_model(m.source).hub_id if m.source else (m.hub_id or gguf.name)
+            return str(converted_dir(gguf, self._state_dir(ctx))), label
         if m.path:
             p = Path(m.path).expanduser()
+            if not p.is_dir():
+                raise ConfigError(f"model.path {p}: folder not found.",
+                                  hint="Point model.path at a transformers model folder or a folder holding one .gguf.")
             if not (p / "config.json").exists():
-                raise ConfigError(f"model.path {p} is not a transformers model folder (no config.json).",
-                                  hint="Point model.path at a folder saved with save_pretrained().")
+                raise ConfigError(f"model.path {p} is not a transformers model folder (no config.json) and holds no "
+                                  ".gguf file.", hint="Point model.path at a folder saved with save_pretrained().")
             return str(p.resolve()), str(p)
         if m.hub_id:
             return m.hub_id, m.hub_id
-        raise ConfigError("The local backend needs model.build: tiny, model.path or model.hub_id.",
-                          hint="e.g. model: {hub_id: Qwen/Qwen2.5-0.5B-Instruct}, or run jobs/local-demo.yml.")
+        raise ConfigError("The local backend needs model.build: tiny, model.source, model.gguf, model.path or "
+                          "model.hub_id.",
+                          hint="e.g. model: {source: amlft:smollm2-135m-instruct}, or run jobs/local-demo.yml.")
+
+    def _gguf_file(self, ctx: StepContext) -> Path | None:
+        """The GGUF file this profile names (model.source, model.gguf, or the one .gguf in model.path)."""
+        from amlft.backends.local.model_sources import gguf_in_folder, locate_shipped
+
+        m = ctx.profile.model
+        if m.source:
+            return locate_shipped(m.source)
+        if m.gguf:
+            p = Path(m.gguf).expanduser()
+            if not p.is_file():
+                raise ConfigError(f"model.gguf {p}: file not found.", hint="Point model.gguf at a .gguf file.")
+            return p.resolve()
+        if m.path and Path(m.path).expanduser().is_dir() and not (Path(m.path).expanduser() / "config.json").exists():
+            found = gguf_in_folder(Path(m.path).expanduser())
+            return found.resolve() if found else None
+        return None
 
     # -------------------------------------------------------------------- auth
     def auth(self, ctx: StepContext) -> dict[str, Any]:
@@ -136,6 +169,10 @@ class LocalBackend:
             h, f, n, v = (DEFAULTS["hidden_size"], DEFAULTS["intermediate_size"], DEFAULTS["num_hidden_layers"],
                           DEFAULTS["vocab_size"])
             params, how = v * h + n * (2 * h * h + 2 * h * h // 2 + 3 * h * f), "tiny build settings"
+        elif (gguf := self._gguf_file(ctx)) is not None and not (Path(ref) / "config.json").exists():
+            from amlft.backends.local.model_sources import gguf_parameters
+
+            params, how = gguf_parameters(gguf), f"GGUF tensors of {gguf.name}"
         else:
             params, how = resources.count_parameters(ref, trust_remote_code=ctx.profile.model.trust_remote_code)
         if params is None:
@@ -193,6 +230,17 @@ class LocalBackend:
             if not (Path(ref) / MARKER).exists():
                 ctx.console.info(f"building the tiny offline chat model in {ref} (tokenizer + brief pre-training)")
             build_tiny_model(Path(ref), seed=0)
+        gguf = self._gguf_file(ctx)
+        if gguf is not None:
+            from amlft.backends.local.model_sources import convert_gguf, is_converted
+
+            if is_converted(Path(ref)):
+                ctx.console.info(f"using {gguf.name} converted earlier: {ref}")
+            else:
+                with ctx.console.progress(f"converting {gguf.name} to a transformers folder", total=4) as bar:
+                    ref = str(convert_gguf(gguf, self._state_dir(ctx),
+                                           report=lambda done, total, what: bar.update(done, total=total,
+                                                                                      status=what)))
         return ref
 
     def _start_training(self, ctx: StepContext, *, resume: bool) -> dict[str, Any]:
