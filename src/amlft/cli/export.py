@@ -24,9 +24,12 @@ from amlft.export import EXECUTION_PROVIDERS, EXPORT_FORMATS, PRECISIONS
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Output folder (default for a run: .amlft/runs/<run>/exports/onnx-<precision>-<provider>).")
 @click.option("--no-verify", is_flag=True, help="Skip loading the result and generating a few tokens with it.")
+@click.option("--evaluate", is_flag=True,
+              help="With a run: score the export on the run's held-out prompts (exact match, greedy token agreement "
+                   "with the PyTorch model) and add it as a column beside before/after in the run's evaluation.")
 @json_option
 def export_cmd(run_id: str | None, model_dir: str | None, fmt: str, precision: str, execution_provider: str,
-               out_dir: str | None, no_verify: bool, json_mode: bool) -> None:
+               out_dir: str | None, no_verify: bool, evaluate: bool, json_mode: bool) -> None:
     """Export the fine-tuned model for on-device runtimes (ONNX Runtime GenAI, Foundry Local).
 
     Merges a LoRA adapter if needed, runs the ONNX Runtime GenAI model builder, carries the
@@ -35,13 +38,18 @@ def export_cmd(run_id: str | None, model_dir: str | None, fmt: str, precision: s
     recorded in its run record and registered in its MLflow registry as <model>-onnx.
 
     \b
-    amlft export --precision int4 --execution-provider cpu
+    amlft export --precision int4 --execution-provider cpu --evaluate
     amlft export --model-dir ./model-from-azure --out ./phi3-onnx-int4
     amlft deploy --engine onnxruntime-genai      # serve the export (exports first if needed)
     """
     from amlft.cli.common import finish, make_console
 
     console = make_console(json_mode)
+    if evaluate and model_dir and not run_id:
+        from amlft.errors import ConfigError
+
+        raise ConfigError("--evaluate needs a run (its held-out prompts and its PyTorch model to compare with).",
+                          hint="Add --run ID, or drop --evaluate.")
     if model_dir and not run_id:
         entry = _export_folder(console, model_dir=model_dir, out_dir=out_dir, precision=precision,
                                execution_provider=execution_provider, verify=not no_verify)
@@ -53,6 +61,15 @@ def export_cmd(run_id: str | None, model_dir: str | None, fmt: str, precision: s
         console.result(run_id=record.run_id)
         entry = export_run(record, console, precision=precision, execution_provider=execution_provider,
                            out=out_dir, model_dir=model_dir, verify=not no_verify)
+        if evaluate:
+            from amlft.backends.local.export_eval import evaluate_export
+            from amlft.backends.local.export_run import export_key
+
+            key = export_key(precision, execution_provider)
+            entry["eval"] = {k: v for k, v in evaluate_export(record, entry, console, key=key).items()
+                             if k != "answers"}
+            rows = record.output("eval").get("rows") or []
+            console.table(rows, title=f"Evaluation on held-out prompts: before, after fine-tuning, and {key}")
     _report(console, entry)
     console.result(export=entry)
     finish(console)

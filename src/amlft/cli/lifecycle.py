@@ -47,12 +47,17 @@ register_cmd = _simple("register", "Register the fine-tuned model (MLflow) with 
 @click.command("deploy")
 @click.option("--keep-on-failure", is_flag=True,
               help="Azure: if the deployment fails, keep the endpoint for debugging (it keeps billing).")
+@click.option("--engine", type=click.Choice(["transformers", "onnxruntime-genai"]),
+              help="Local: serving engine for this deploy (default: the profile's local.engine). onnxruntime-genai "
+                   "serves the run's int4 ONNX export, exporting it first if needed.")
 @lifecycle_command("deploy")
-def deploy_cmd(ctx: Any, keep_on_failure: bool = False) -> None:
+def deploy_cmd(ctx: Any, keep_on_failure: bool = False, engine: str | None = None) -> None:
     """Deploy the registered model: managed online endpoint on Azure, a local scoring server locally."""
     from amlft.lifecycle import run_step
 
     ctx.options["keep_on_failure"] = keep_on_failure
+    if engine:
+        ctx.options["engine"] = engine
     ctx.console.result(deploy=run_step(ctx, "deploy"))
 
 
