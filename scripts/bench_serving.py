@@ -3,6 +3,10 @@
     .venv/bin/python scripts/bench_serving.py                       # tiny model, logged to a temp MLflow store
     .venv/bin/python scripts/bench_serving.py --model-dir DIR \\
         --tracking-uri sqlite:///.amlft/mlflow.db --model-uri models:/NAME/1   # a registered model
+    .venv/bin/python scripts/bench_serving.py --servers amlft legacy   # new vs old amlft server only
+
+While the previous http.server implementation still exists (amlft.backends.local.server_legacy),
+it runs as a third server ("legacy") so the Starlette/uvicorn rewrite is compared in the same run.
 
 For each server and each concurrency (1 and 8) it sends the same greedy chat requests (same
 prompts, same max tokens) from that many closed-loop clients, and reports latency p50/p95
@@ -32,11 +36,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+
+SERVER_CHOICES = ("amlft", "legacy", "mlflow")
+NAMES = {"amlft": "amlft local", "legacy": "amlft local (legacy)", "mlflow": "mlflow models serve"}
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -120,7 +129,7 @@ def summarize(latencies: list[float], wall: float) -> dict[str, float]:
             "rps": len(lat) / wall, "n": len(lat)}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, help="transformers folder (default: build the tiny model)")
     ap.add_argument("--tracking-uri", help="MLflow store holding --model-uri (default: log to a temp store)")
@@ -130,100 +139,127 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="each cell is split into this many interleaved rounds")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for each server")
+    ap.add_argument("--servers", nargs="+", choices=SERVER_CHOICES, default=list(SERVER_CHOICES),
+                    help="which servers to run (legacy only while amlft.backends.local.server_legacy exists)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (model, MLflow store, server logs)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from amlft.backends.local.server import launch, stop
 
-    work = Path(tempfile.mkdtemp(prefix="amlft-bench-serving-"))
-    model_dir = args.model_dir
-    if model_dir is None:
-        from amlft.backends.local.tiny import build_tiny_model
+class Fleet:
+    """The servers under test, started side by side and always stopped (even on Ctrl-C)."""
 
-        print("building the tiny model ...", file=sys.stderr)
-        model_dir = build_tiny_model(work / "tiny")
-    if args.model_uri:
-        tracking, model_uri = args.tracking_uri, args.model_uri
-    else:
-        print("logging it with mlflow.transformers ...", file=sys.stderr)
-        tracking, model_uri = log_to_mlflow(model_dir, work)
+    def __init__(self, args: argparse.Namespace, work: Path, model_dir: Path, key: str) -> None:
+        self.args, self.work, self.model_dir, self.key = args, work, model_dir, key
+        self.handles: dict[str, tuple[Any, Any]] = {}  # name -> (module with launch/stop, ServerHandle)
+        self.mlflow_proc: subprocess.Popen[bytes] | None = None
+        self.mlflow_port = free_port()
 
-    chats = prompts(16)
-    key = secrets.token_urlsafe(24)
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking or "", OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-               # mlflow execs `uvicorn` by name: the venv's bin must be on PATH
-               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    mlflow_port = free_port()
-    mlflow_log = work / "mlflow-serve.log"
-    print(f"starting mlflow models serve {model_uri} ...", file=sys.stderr)
-    with open(mlflow_log, "wb") as logf:
-        mlflow_proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    handle = None
-    try:
-        wait_ready(f"http://127.0.0.1:{mlflow_port}/ping", mlflow_proc, 300, mlflow_log)
-        print("starting amlft's server ...", file=sys.stderr)
-        handle = launch(model_dir, key=key, max_concurrency=max(args.concurrency), max_queue=64,
-                        log_path=work / "amlft-server.log", threads=args.threads)
+    def start_mlflow(self, tracking: str | None, model_uri: str) -> None:
+        args = self.args
+        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking or "", OMP_NUM_THREADS=str(args.threads),
+                   MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
+                   # mlflow execs `uvicorn` by name: the venv's bin must be on PATH
+                   PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+        log = self.work / "mlflow-serve.log"
+        print(f"starting mlflow models serve {model_uri} ...", file=sys.stderr)
+        with open(log, "wb") as logf:
+            self.mlflow_proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                 "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
+                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_ready(f"http://127.0.0.1:{self.mlflow_port}/ping", self.mlflow_proc, 300, log)
 
-        def send_amlft(session: requests.Session, msgs: list[dict[str, str]]) -> str:
-            r = session.post(handle.scoring_uri, headers={"Authorization": f"Bearer {key}"}, timeout=300,
-                             json={"input_data": {"input_string": [msgs], "parameters": {
-                                 "do_sample": False, "max_new_tokens": args.max_tokens}}})
-            r.raise_for_status()
-            return str(r.json()["output"])
+    def start_amlft(self, name: str) -> None:
+        import importlib
+
+        module = importlib.import_module("amlft.backends.local.server" if name == "amlft"
+                                         else "amlft.backends.local.server_legacy")
+        print(f"starting {NAMES[name]} ...", file=sys.stderr)
+        self.handles[NAMES[name]] = (module, module.launch(
+            self.model_dir, key=self.key, max_concurrency=max(self.args.concurrency), max_queue=64,
+            log_path=self.work / f"{name}-server.log", threads=self.args.threads))
+
+    def senders(self) -> dict[str, Callable[[requests.Session, list[dict[str, str]]], str]]:
+        args, key = self.args, self.key
+
+        def amlft_sender(handle: Any) -> Callable[[requests.Session, list[dict[str, str]]], str]:
+            def send_amlft(session: requests.Session, msgs: list[dict[str, str]]) -> str:
+                r = session.post(handle.scoring_uri, headers={"Authorization": f"Bearer {key}"}, timeout=300,
+                                 json={"input_data": {"input_string": [msgs], "parameters": {
+                                     "do_sample": False, "max_new_tokens": args.max_tokens}}})
+                r.raise_for_status()
+                return str(r.json()["output"])
+            return send_amlft
 
         def send_mlflow(session: requests.Session, msgs: list[dict[str, str]]) -> str:
-            r = session.post(f"http://127.0.0.1:{mlflow_port}/invocations", timeout=300,
+            r = session.post(f"http://127.0.0.1:{self.mlflow_port}/invocations", timeout=300,
                              json={"messages": msgs, "max_tokens": args.max_tokens, "temperature": 0.0})
             r.raise_for_status()
             payload = r.json()
             payload = payload[0] if isinstance(payload, list) else payload
             return str(payload["choices"][0]["message"]["content"])
 
-        servers: dict[str, Callable[..., str]] = {"mlflow models serve": send_mlflow, "amlft local": send_amlft}
-        with requests.Session() as s:
-            a, m = [send_amlft(s, c) for c in chats[:4]], [send_mlflow(s, c) for c in chats[:4]]
-        same = sum(x.strip() == y.strip() for x, y in zip(a, m, strict=True))
-        print(f"identical greedy outputs on {same}/4 warm-up prompts", file=sys.stderr)
+        servers: dict[str, Callable[[requests.Session, list[dict[str, str]]], str]] = {}
+        if self.mlflow_proc is not None:
+            servers[NAMES["mlflow"]] = send_mlflow
+        for name, (_, handle) in self.handles.items():
+            servers[name] = amlft_sender(handle)
+        return servers
 
-        # Cells are interleaved (both servers at one concurrency, then again, ...) so that a change in
-        # the machine's load during the run (it may be shared) hits both servers alike.
-        raw: dict[tuple[str, int], tuple[list[float], float, int, int]] = {}
-        for c in args.concurrency:
-            for rnd in range(args.rounds):
-                for name, send in servers.items():
-                    print(f"  {name}: concurrency {c}, round {rnd + 1}/{args.rounds} ...", file=sys.stderr)
-                    before = requests.get(f"http://127.0.0.1:{handle.port}/health", timeout=5).json()["stats"]
-                    lat, wall = run_load(send, chats, c, args.requests // args.rounds)
-                    after = requests.get(f"http://127.0.0.1:{handle.port}/health", timeout=5).json()["stats"]
-                    prev = raw.get((name, c), ([], 0.0, 0, 0))
-                    raw[(name, c)] = (prev[0] + lat, prev[1] + wall,
-                                      prev[2] + after["batched_rows"] - before["batched_rows"],
-                                      prev[3] + after["batches"] - before["batches"])
-        results: dict[str, dict[int, dict[str, float]]] = {}
-        for (name, c), (lat, wall, rows, batches) in raw.items():
-            results.setdefault(name, {})[c] = summarize(lat, wall)
-            if name == "amlft local":
-                results[name][c]["mean_batch"] = rows / max(1, batches)
-    finally:
-        if handle is not None:
-            stop(handle.pid)
-        # mlflow runs uvicorn as its child: signal the whole session it was started in
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(mlflow_proc.pid, signal.SIGTERM)
-        try:
-            mlflow_proc.wait(15)
-        except subprocess.TimeoutExpired:
+    def stats(self, name: str) -> dict[str, int]:
+        """Batching counters of an amlft server (zeros for mlflow, which has none)."""
+        if name not in self.handles:
+            return {"batched_rows": 0, "batches": 0}
+        port = self.handles[name][1].port
+        return dict(requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["stats"])
+
+    def stop(self) -> None:
+        for module, handle in self.handles.values():
+            module.stop(handle.pid)
+        if self.mlflow_proc is not None:
+            # mlflow runs uvicorn as its child: signal the whole session it was started in
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(mlflow_proc.pid, signal.SIGKILL)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+                os.killpg(self.mlflow_proc.pid, signal.SIGTERM)
+            try:
+                self.mlflow_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.mlflow_proc.pid, signal.SIGKILL)
 
+
+def measure(fleet: Fleet, chats: list[list[dict[str, str]]]) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
+    """Check the servers agree on greedy outputs, then time every (server, concurrency) cell."""
+    args, servers = fleet.args, fleet.senders()
+    with requests.Session() as s:
+        outputs = {name: [send(s, c).strip() for c in chats[:4]] for name, send in servers.items()}
+    first = next(iter(outputs.values()))
+    same = min(sum(x == y for x, y in zip(first, out, strict=True)) for out in outputs.values())
+    print(f"identical greedy outputs on {same}/4 warm-up prompts across {', '.join(outputs)}", file=sys.stderr)
+    # Cells are interleaved (every server at one concurrency, then again, ...) so that a change in
+    # the machine's load during the run (it may be shared) hits all servers alike.
+    raw: dict[tuple[str, int], tuple[list[float], float, int, int]] = {}
+    for c in args.concurrency:
+        for rnd in range(args.rounds):
+            for name, send in servers.items():
+                print(f"  {name}: concurrency {c}, round {rnd + 1}/{args.rounds} ...", file=sys.stderr)
+                before = fleet.stats(name)
+                lat, wall = run_load(send, chats, c, args.requests // args.rounds)
+                after = fleet.stats(name)
+                prev = raw.get((name, c), ([], 0.0, 0, 0))
+                raw[(name, c)] = (prev[0] + lat, prev[1] + wall,
+                                  prev[2] + after["batched_rows"] - before["batched_rows"],
+                                  prev[3] + after["batches"] - before["batches"])
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for (name, c), (lat, wall, rows, batches) in raw.items():
+        results.setdefault(name, {})[c] = summarize(lat, wall)
+        if name in fleet.handles:
+            results[name][c]["mean_batch"] = rows / max(1, batches)
+    return results, same
+
+
+def report(args: argparse.Namespace, model_dir: Path, results: dict[str, dict[int, dict[str, float]]],
+           same: int) -> None:
     print(f"\nmodel {model_dir} | max_tokens {args.max_tokens} | {args.requests} requests per cell | "
           f"torch threads {args.threads} | {os.cpu_count()} CPUs | load avg {os.getloadavg()[0]:.1f}")
     print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'mean batch':>12}")
@@ -231,12 +267,50 @@ def main() -> int:
         for c, r in by_c.items():
             batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-"
             print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}")
-    top = max(args.concurrency)
-    ratio = results["amlft local"][top]["rps"] / results["mlflow models serve"][top]["rps"]
-    print(f"\nthroughput ratio at concurrency {top}: {ratio:.2f}x (target >= 2x)")
+    top, new, ratios = max(args.concurrency), NAMES["amlft"], {}
+    for peer, label in ((NAMES["mlflow"], "target >= 2x"), (NAMES["legacy"], "new server vs old: keep or beat")):
+        if new in results and peer in results:
+            for c in args.concurrency:
+                ratios[f"{peer} @ {c}"] = results[new][c]["rps"] / results[peer][c]["rps"]
+            print(f"throughput ratio vs {peer} at concurrency {top}: {ratios[f'{peer} @ {top}']:.2f}x ({label})")
     if args.out:
-        args.out.write_text(json.dumps({"results": results, "ratio": ratio, "outputs_identical": f"{same}/4",
-                                        "max_tokens": args.max_tokens, "threads": args.threads}, indent=2))
+        args.out.write_text(json.dumps({"results": results, "ratios": ratios, "outputs_identical": f"{same}/4",
+                                        "max_tokens": args.max_tokens, "threads": args.threads,
+                                        "loadavg": os.getloadavg()[0]}, indent=2))
+
+
+def main() -> int:
+    import importlib.util
+
+    args = parse_args()
+    wanted = list(dict.fromkeys(args.servers))
+    if "legacy" in wanted and importlib.util.find_spec("amlft.backends.local.server_legacy") is None:
+        print("(the legacy server is gone: comparing without it)", file=sys.stderr)
+        wanted.remove("legacy")
+    work = Path(tempfile.mkdtemp(prefix="amlft-bench-serving-"))
+    model_dir = args.model_dir
+    if model_dir is None:
+        from amlft.backends.local.tiny import build_tiny_model
+
+        print("building the tiny model ...", file=sys.stderr)
+        model_dir = build_tiny_model(work / "tiny")
+    fleet = Fleet(args, work, model_dir, secrets.token_urlsafe(24))
+    try:
+        if "mlflow" in wanted:
+            tracking, model_uri = args.tracking_uri, args.model_uri
+            if not model_uri:
+                print("logging it with mlflow.transformers ...", file=sys.stderr)
+                tracking, model_uri = log_to_mlflow(model_dir, work)
+            fleet.start_mlflow(tracking, model_uri)
+        for name in ("amlft", "legacy"):
+            if name in wanted:
+                fleet.start_amlft(name)
+        results, same = measure(fleet, prompts(16))
+    finally:
+        fleet.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report(args, model_dir, results, same)
     return 0
 
 

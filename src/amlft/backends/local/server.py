@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from amlft.backends.local.engines import GenerationEngine, GenParams, GenRequest
 
 KEY_ENV = "AMLFT_SERVER_KEY"
+INLINE_ENCODE_CHARS = 2_000
 MODULE = "amlft.backends.local.server"
 log = logging.getLogger("amlft.server")
 access_log = logging.getLogger("amlft.server.access")
@@ -315,7 +316,12 @@ async def start_job(state: State, messages: list[dict[str, str]], params: GenPar
     except ShuttingDown:
         raise ApiError(503, "server is shutting down", kind="server_error", headers=_retry(state)) from None
     try:
-        ids = await run_in_threadpool(engine.encode, messages)
+        # A short prompt tokenizes in well under a millisecond: a thread hop would cost more than it
+        # saves. A long one goes to a worker thread so the event loop keeps answering.
+        if chars <= INLINE_ENCODE_CHARS:
+            ids = engine.encode(messages)
+        else:
+            ids = await run_in_threadpool(engine.encode, messages)
         engine.submit(job.req, ids)
     except PromptTooLong as exc:
         engine.cancel(job.req, "cancelled")

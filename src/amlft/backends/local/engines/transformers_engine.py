@@ -116,10 +116,12 @@ class TransformersEngine(BatchScheduler):
             input_ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
             attention[i, width - len(r.prompt_ids):] = 1
         control = RowControl(self, batch, width)
+        # the processor only where needed: any custom logits processor slows every decoding step
+        processors = [control.min_tokens] if any(r.params.min_tokens for r in batch) else []
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                                       generation_config=self._config(batch[0].params, max(control.budgets)),
-                                      stopping_criteria=[control], logits_processor=[control.min_tokens])
+                                      stopping_criteria=[control], logits_processor=processors)
         control.collect(out.cpu())
 
     def _config(self, p: GenParams, max_new_tokens: int) -> Any:
