@@ -42,15 +42,14 @@ def make_mixed_data(out: Path) -> Path:
 
 
 def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    from amlft.backends.local.trainer import TrainSpec, train
+    from amlft.backends.local.trainer import TrainConfig, train
 
     d = work / "amlft"
     shutil.rmtree(d, ignore_errors=True)
-    spec = TrainSpec(train_dir=str(d), model=str(model_dir), train_file=str(data), test_file=None,
-                     hyperparameters=hp, device="auto", batching="length_grouped", save_steps=10**9,
-                     eval_prompts=0, threads=threads)
-    spec.save()
-    m = train(spec, log=lambda *_: None)["metrics"]
+    cfg = TrainConfig(train_dir=str(d), model=str(model_dir), train_file=str(data), test_file=None, **hp,
+                      device="auto", batching="length_grouped", save_steps=10**9, eval_prompts=0, threads=threads)
+    cfg.save()
+    m = train(cfg, log=lambda *_: None)["metrics"]
     return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "tokens_per_s": m["tokens_per_s"],
             "mean_loss": m["train_loss"]}
 

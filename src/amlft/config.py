@@ -121,7 +121,9 @@ class LocalConfig(_Strict):
     """Local-backend-only knobs (the Azure backend ignores them)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batching: Literal["length_grouped", "packed", "padded"] = "length_grouped"
+    batching: Literal["length_grouped", "padded"] = Field(
+        "length_grouped", description="length_grouped: rows of similar length share a batch (little padding); "
+                                      "padded: plain random batches. Rows are never packed together.")
     save_steps: int = Field(50, ge=1)
     eval_prompts: int = Field(24, ge=0, description="held-out prompts scored before and after fine-tuning")
     max_steps: int | None = Field(None, ge=1)

@@ -244,7 +244,7 @@ class LocalBackend:
         return ref
 
     def _start_training(self, ctx: StepContext, *, resume: bool) -> dict[str, Any]:
-        from amlft.backends.local.trainer import TrainSpec, effective_hyperparameters, latest_checkpoint
+        from amlft.backends.local.trainer import TrainConfig, effective_hyperparameters, latest_checkpoint
 
         rec, prof = ctx.record, ctx.profile
         data = rec.output("data")
@@ -257,15 +257,16 @@ class LocalBackend:
         if prof.data.max_seq_length and "max_seq_length" not in prof.finetune:
             hp["max_seq_length"] = prof.data.max_seq_length
         if resume and (train_dir / "config.json").exists():
-            spec = TrainSpec.load(train_dir)  # resume with exactly what the interrupted run used
+            spec = TrainConfig.load(train_dir)  # resume with exactly what the interrupted run used
         else:
             model_ref = self._ensure_base_model(ctx)
-            spec = TrainSpec(train_dir=str(train_dir), model=model_ref, train_file=data["train_file"],
-                             test_file=data.get("test_file"), hyperparameters=hp, device=prof.local.device,
-                             batching=prof.local.batching, save_steps=prof.local.save_steps,
-                             eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
-                             trust_remote_code=prof.model.trust_remote_code,
-                             eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS)
+            spec = TrainConfig(train_dir=str(train_dir), model=model_ref, train_file=data["train_file"],
+                               test_file=data.get("test_file"), **hp, device=prof.local.device,
+                               batching=prof.local.batching, save_steps=prof.local.save_steps,
+                               eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
+                               trust_remote_code=prof.model.trust_remote_code,
+                               eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS,
+                               general_questions=prof.model.build != "tiny")  # the tiny model knows no facts
             spec.save()
         ckpt = latest_checkpoint(train_dir / "checkpoints")
         log_path = train_dir / "train.log"
@@ -288,7 +289,7 @@ class LocalBackend:
             ctx.console.info(f"training started (pid {proc.pid}); log: {log_path}")
         out = {"pid": proc.pid, "train_dir": str(train_dir), "log_path": str(log_path),
                "resumed_from": ckpt.name if ckpt else None, "base_model": spec.model,
-               "hyperparameters": spec.hyperparameters}
+               "hyperparameters": spec.hyperparameters()}
         rec.set_output("submit", **out)
         return out
 
@@ -365,6 +366,9 @@ class LocalBackend:
                         last_status_at, last_decile = now, decile
                     bar.update(h["step"], total=h["total_steps"], status=status)
                     seen = len(history)
+                phase = self._phase(progress_path.parent)  # loading, encoding, evaluating n/total prompts, ...
+                if phase:
+                    bar.update(status=phase if not history else f"{status}  |  {phase}")
                 state, result = self._training_state(ctx)
                 if state == "completed":
                     return result or {}
@@ -381,6 +385,17 @@ class LocalBackend:
                     raise WaitTimeout(f"Training still running after {timeout:.0f}s (pid {pid}).",
                                       hint=f"It keeps running: `amlft wait --run {rec.run_id}` follows it again.")
                 time.sleep(0.5)
+
+    @staticmethod
+    def _phase(train_dir: Path) -> str:
+        """The trainer's current non-training phase from status.json ('' while training steps run)."""
+        st: dict[str, Any] = {}
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            st = json.loads((train_dir / "status.json").read_text())
+        if not st or st.get("phase") == "training":
+            return ""
+        count = f" {st['done']}/{st['total']} {st.get('unit', '')}" if st.get("total") else ""
+        return f"{st['phase']}{count} {st.get('detail', '')}".strip()
 
     @staticmethod
     def _status(history: list[dict[str, Any]], window: int = 10) -> str:
@@ -421,6 +436,9 @@ class LocalBackend:
                  "after": after["exact_match"]},
                 {"metric": "held-out loss (assistant tokens)", "before": before["test_loss"],
                  "after": after["test_loss"]}]
+        if before.get("general") and after.get("general"):  # a fine-tune must not make the model forget to chat
+            rows.append({"metric": f"general questions answered ({after['general']['n']} held-out facts)",
+                         "before": before["general"]["accuracy"], "after": after["general"]["accuracy"]})
         b_by_prompt = {a["prompt"]: a for a in before["answers"]}
         examples = [{"prompt": a["prompt"], "reference": a["reference"],
                      "before": b_by_prompt.get(a["prompt"], {}).get("answer"), "after": a["answer"]}
