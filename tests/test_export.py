@@ -68,6 +68,22 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-trained"), pretrain_steps=20)
 
 
+# ------------------------------------------------------------------ the CLI stays light
+def test_export_help_imports_no_runtime() -> None:
+    """`amlft --help` and `amlft export --help` load neither ONNX Runtime nor torch (imports live in functions)."""
+    import subprocess
+
+    code = ("import sys; from click.testing import CliRunner; from amlft.cli.main import cli; "
+            "r = CliRunner().invoke(cli, ['export', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--precision [int4|int8|fp16|fp32]' in r.output, r.output; "
+            "assert '--execution-provider [cpu|cuda]' in r.output, r.output; "
+            "r = CliRunner().invoke(cli, ['deploy', '--help']); assert 'onnxruntime-genai' in r.output, r.output; "
+            "bad = [m for m in ('onnxruntime_genai', 'onnxruntime', 'onnx', 'onnx_ir', 'torch', 'transformers') "
+            "if m in sys.modules]; assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 # ------------------------------------------------------------------ a folder
 def test_export_folder_fp32_matches_pytorch_greedy(trained_tiny: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -266,6 +282,22 @@ def test_missing_extra_names_what_to_install(tiny_model_dir: Path, tmp_path: Pat
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)  # what Python sees when it is not installed
     code, _, err = run_cli(["export", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "onnxruntime-genai" in err and "pip install 'amlft[onnx]'" in err
+
+
+def test_engine_choice_is_checked_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amlft.backends.local.export_run import engine_findings
+    from amlft.config import Profile
+    from amlft.errors import ConfigError
+
+    assert Profile.from_dict({"local": {"engine": "onnxruntime-genai"}}).local.engine == "onnxruntime-genai"
+    with pytest.raises(ConfigError, match="local.engine"):
+        Profile.from_dict({"local": {"engine": "vllm"}})
+    assert engine_findings("transformers") == []
+    assert engine_findings("onnxruntime-genai")[0]["severity"] == "info"
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)
+    missing = engine_findings("onnxruntime-genai")[0]
+    assert missing["severity"] == "error" and "onnxruntime-genai" in missing["message"]
+    assert "pip install 'amlft[onnx]'" in missing["fix"]
 
 
 def test_builder_failure_keeps_its_log(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

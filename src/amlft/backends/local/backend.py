@@ -144,9 +144,10 @@ class LocalBackend:
     # -------------------------------------------------------------------- check
     def check(self, ctx: StepContext) -> list[dict[str, Any]]:
         from amlft.backends.local import resources
+        from amlft.backends.local.export_run import engine_findings
         from amlft.backends.local.trainer import effective_hyperparameters
 
-        findings: list[dict[str, Any]] = []
+        findings: list[dict[str, Any]] = engine_findings(ctx.profile.local.engine)
         try:
             hp = effective_hyperparameters(ctx.profile.finetune)
         except ConfigError as exc:

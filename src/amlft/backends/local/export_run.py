@@ -19,6 +19,23 @@ from amlft.errors import ConfigError, RecordError
 from amlft.records import RunRecord
 
 
+def engine_findings(engine: str) -> list[dict[str, Any]]:
+    """Preflight for `local.engine: onnxruntime-genai`: the `onnx` extra must be there before training starts."""
+    if engine != "onnxruntime-genai":
+        return []
+    import importlib.util
+
+    from amlft.export.onnx import BUILDER_NEEDS
+
+    missing = [pkg for mod, pkg in BUILDER_NEEDS.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        return [{"severity": "error", "check": "engine",
+                 "message": f"local.engine is onnxruntime-genai, but {', '.join(missing)} is not installed",
+                 "fix": "pip install 'amlft[onnx]' (or set local.engine: transformers)"}]
+    return [{"severity": "info", "check": "engine", "fix": "",
+             "message": "serving with onnxruntime-genai: deploy exports the model to int4 ONNX (CPU) first"}]
+
+
 def export_key(precision: str, execution_provider: str, fmt: str = "onnx") -> str:
     return f"{fmt}-{precision}-{execution_provider}"
 
