@@ -43,8 +43,33 @@ def _transformers_engine(model_dir: Path, options: Any) -> Any:
     return create_engine("transformers", model_dir, options)
 
 
+_EXPORTS: dict[Path, Path] = {}
+
+
+def exported(model_dir: Path, precision: str = "fp32") -> Path:
+    """The model as an `amlft export` folder (once per session), named like the model so /v1/models agrees."""
+    if model_dir not in _EXPORTS:
+        import tempfile
+
+        from amlft.console import Console
+        from amlft.export.onnx import export_onnx
+        from amlft.export.sources import resolve_model_source
+
+        out = Path(tempfile.mkdtemp(prefix="amlft-ort-")) / model_dir.name
+        export_onnx(resolve_model_source(model_dir), out, precision=precision, console=Console(quiet=True))
+        _EXPORTS[model_dir] = out
+    return _EXPORTS[model_dir]
+
+
+def _ortgenai_engine(model_dir: Path, options: Any) -> Any:
+    from amlft.backends.local.engines import create_engine
+
+    return create_engine("onnxruntime-genai", exported(model_dir), options)
+
+
 # engine name -> factory(transformers model folder, EngineOptions) -> a loaded GenerationEngine
-ENGINE_FACTORIES: dict[str, Callable[[Path, Any], Any]] = {"transformers": _transformers_engine}
+ENGINE_FACTORIES: dict[str, Callable[[Path, Any], Any]] = {"transformers": _transformers_engine,
+                                                           "onnxruntime-genai": _ortgenai_engine}
 
 
 @pytest.fixture(scope="module", params=sorted(ENGINE_FACTORIES))

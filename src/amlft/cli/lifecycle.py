@@ -50,12 +50,17 @@ def register_cmd(ctx: Any) -> None:
 @click.command("deploy")
 @click.option("--keep-on-failure", is_flag=True,
               help="Azure: if the deployment fails, keep the endpoint for debugging (it keeps billing).")
+@click.option("--engine", type=click.Choice(["transformers", "onnxruntime-genai"]),
+              help="Local: serving engine for this deploy (default: the profile's local.engine). onnxruntime-genai "
+                   "serves the run's int4 ONNX export, exporting it first if needed.")
 @lifecycle_command("deploy")
-def deploy_cmd(ctx: Any, keep_on_failure: bool = False) -> None:
+def deploy_cmd(ctx: Any, keep_on_failure: bool = False, engine: str | None = None) -> None:
     """Serve the fine-tuned model: a managed online endpoint on Azure (needs `register`), a local
-    scoring server locally (needs the trained model from `wait`)."""
+    scoring server locally (needs the trained model from `wait`; `--engine` picks its engine)."""
     from amlft.lifecycle import deploy
 
+    if engine:
+        ctx.options["engine"] = engine
     ctx.console.result(deploy=deploy(ctx, keep_on_failure=keep_on_failure).to_dict())
 
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "invoke": "amlft.cli.lifecycle:invoke_cmd",
     "bench": "amlft.cli.bench:bench_cmd",
     "publish": "amlft.cli.publish:publish_cmd",
+    "export": "amlft.cli.export:export_cmd",
     "teardown": "amlft.cli.lifecycle:teardown_cmd",
     "endpoint": "amlft.cli.endpoint:endpoint_group",
     "runs": "amlft.cli.runs:runs_cmd",

@@ -145,9 +145,10 @@ class LocalBackend:
     # -------------------------------------------------------------------- check
     def check(self, ctx: StepContext) -> list[dict[str, Any]]:
         from amlft.backends.local import resources
+        from amlft.backends.local.export_run import engine_findings
         from amlft.backends.local.trainer import effective_hyperparameters
 
-        findings: list[dict[str, Any]] = []
+        findings: list[dict[str, Any]] = engine_findings(ctx.profile.local.engine)
         try:
             hp = effective_hyperparameters(ctx.profile.finetune)
         except ConfigError as exc:
@@ -538,15 +539,20 @@ class LocalBackend:
 
         rec, ep = ctx.record, ctx.profile.endpoint
         done = rec.output("deploy")
+        engine = str(ctx.options.get("engine") or ctx.profile.local.engine)
         if done.get("pid") and is_alive(int(done["pid"]), int(done["port"]), host=done.get("host", ep.host)) \
                 and load_secret(rec.run_id, "endpoint_key", root=rec.root):
-            ctx.console.info(f"already serving at {done['scoring_uri']}")
-            return done
+            if done.get("engine", "transformers") == engine:
+                ctx.console.info(f"already serving at {done['scoring_uri']}")
+                return done
+            self._stop_servers(ctx, why=f"switching engine to {engine}")
         model_dir = rec.output("register").get("model_dir") or rec.output("train").get("merged_dir")
         if not model_dir or not Path(model_dir).exists():
             raise RecordError(f"Run {rec.run_id} has no trained model to serve yet.",
                               hint=f"Finish training first: `amlft wait --run {rec.run_id}` (the local deploy serves the "
                                    "trained model; `amlft register` is optional here).")
+        if engine == "onnxruntime-genai":
+            model_dir = self._onnx_export(ctx)
         key = secrets.token_urlsafe(32)
         store_secret(rec.run_id, "endpoint_key", key, root=rec.root)
         name = model_slug(ep.name or f"amlft-{rec.run_id}")
@@ -561,17 +567,35 @@ class LocalBackend:
                         max_queue=ep.max_queue, request_timeout_s=ep.request_timeout_ms / 1000,
                         max_request_bytes=ep.max_request_bytes, log_path=log_path,
                         ready_timeout_s=max(120.0, ep.liveness_initial_delay_s / 2), model_name=name,
-                        threads=ctx.profile.local.threads, on_started=record_started)
+                        threads=ctx.profile.local.threads, on_started=record_started, engine=engine)
         rec.add_resource(SERVER, name, pid=handle.pid, port=handle.port, host=handle.host, billable=True,
                          log_path=str(log_path))
         out = {"endpoint_name": name, "deployment_name": ep.deployment_name, "scoring_uri": handle.scoring_uri,
                "openai_base_url": handle.openai_base_url, "contract": "azureml", "pid": handle.pid,
                "port": handle.port, "host": handle.host, "log_path": str(log_path),
-               "key_ref": f"secrets/{rec.run_id}.json#endpoint_key"}
+               "key_ref": f"secrets/{rec.run_id}.json#endpoint_key", "engine": engine, "model_dir": str(model_dir)}
         rec.set_output("deploy", **out)
-        ctx.console.info(f"serving {model_dir} at {handle.scoring_uri} (OpenAI-compatible: "
+        ctx.console.info(f"serving {model_dir} ({engine}) at {handle.scoring_uri} (OpenAI-compatible: "
                          f"{handle.openai_base_url}); key: amlft endpoint credentials --run {rec.run_id} --json")
         return out
+
+    def _onnx_export(self, ctx: StepContext) -> str:
+        """The run's int4 CPU export for the onnxruntime-genai engine, built now if it has none."""
+        from amlft.backends.local.export_run import export_run, find_export
+
+        found = find_export(ctx.record, precision="int4", execution_provider="cpu")
+        if found is None:
+            ctx.console.info("the onnxruntime-genai engine serves an ONNX export; exporting (int4, cpu) first")
+            found = export_run(ctx.record, ctx.console, precision="int4", execution_provider="cpu")
+        return str(found["path"])
+
+    def _stop_servers(self, ctx: StepContext, *, why: str) -> None:
+        from amlft.backends.local.server import stop
+
+        for res in ctx.record.resources(SERVER, live_only=True):
+            if stop(int(res["pid"])):
+                ctx.console.info(f"stopped the scoring server pid {res['pid']} ({why})")
+            ctx.record.mark_deleted(SERVER, res["name"])
 
     def endpoint(self, ctx: StepContext) -> EndpointInfo:
         """The run's scoring server, only if its process runs and answers /health."""

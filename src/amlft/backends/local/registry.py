@@ -141,3 +141,30 @@ def model_version_exists(state: Path, *, name: str, version: str) -> bool:
         return True
     except MlflowException:
         return False
+
+
+def register_export(state: Path, *, name: str, export_dir: Path, tags: dict[str, str],
+                    mlflow_run_id: str | None = None, run_name: str = "export") -> dict[str, Any]:
+    """Log an exported model folder (ONNX Runtime GenAI) as artifacts and register it as a new version.
+
+    The folder is not an MLflow flavor, so it is registered from its artifact location directly;
+    `tags` (format, precision, execution provider, lineage) go on the version. It is logged into
+    the fine-tune's MLflow run when there is one, so `mlflow ui` shows it beside the model.
+    Returns {name, version, model_uri, artifact_uri, mlflow_run_id}.
+    """
+    from mlflow.exceptions import MlflowException
+
+    artifact_path = f"exports/{export_dir.name}"
+    with _offline_quiet():
+        client = _client(state)
+        if mlflow_run_id is None:
+            run = client.create_run(_experiment_id(client, state), run_name=run_name, tags=tags)
+            mlflow_run_id = run.info.run_id
+            client.set_terminated(mlflow_run_id)
+        client.log_artifacts(mlflow_run_id, str(export_dir), artifact_path=artifact_path)
+        source = f"{client.get_run(mlflow_run_id).info.artifact_uri}/{artifact_path}"
+        with contextlib.suppress(MlflowException):  # already registered by an earlier export
+            client.create_registered_model(name, tags={"format": tags.get("format", ""), "created_by": "amlft"})
+        mv = client.create_model_version(name, source=source, run_id=mlflow_run_id, tags=tags)
+    return {"name": name, "version": str(mv.version), "model_uri": f"models:/{name}/{mv.version}",
+            "artifact_uri": source, "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri(state)}

@@ -151,6 +151,7 @@ class GenerationEngine(Protocol):
 # name -> "module:Class"; imported only when chosen, so neither torch nor onnxruntime_genai loads for nothing
 ENGINES: dict[str, str] = {
     "transformers": "amlft.backends.local.engines.transformers_engine:TransformersEngine",
+    "onnxruntime-genai": "amlft.backends.local.engines.ortgenai_engine:OrtGenaiEngine",
 }
 
 
