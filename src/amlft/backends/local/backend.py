@@ -85,20 +85,53 @@ class LocalBackend:
         return ctx.record.root
 
     def _base_model(self, ctx: StepContext) -> tuple[str, str]:
-        """(model reference to load, what to call it in lineage): a built tiny model, a folder or a hub id."""
+        """(model reference to load, what to call it in lineage): a built tiny model, a shipped model,
+        a GGUF file (its cached conversion), a folder or a hub id."""
         m = ctx.profile.model
+        chosen = [k for k in ("build", "source", "gguf", "path") if getattr(m, k)]
+        if len(chosen) > 1:
+            raise ConfigError(f"model.{' and model.'.join(chosen)} are both set; the local backend needs one.",
+                              hint="Keep one of model.build, model.source, model.gguf, model.path "
+                                   "(model.hub_id may stay beside gguf/path to name the base model).")
         if m.build == "tiny":
             return str(self._state_dir(ctx) / "models" / "tiny-chat"), "amlft-tiny-chat"
+        gguf = self._gguf_file(ctx)
+        if gguf is not None:
+            from amlft.backends.local.model_sources import converted_dir, shipped_model
+
+            label = shipped_model(m.source).hub_id if m.source else (m.hub_id or gguf.name)
+            return str(converted_dir(gguf, self._state_dir(ctx))), label
         if m.path:
             p = Path(m.path).expanduser()
+            if not p.is_dir():
+                raise ConfigError(f"model.path {p}: folder not found.",
+                                  hint="Point model.path at a transformers model folder or a folder holding one .gguf.")
             if not (p / "config.json").exists():
-                raise ConfigError(f"model.path {p} is not a transformers model folder (no config.json).",
-                                  hint="Point model.path at a folder saved with save_pretrained().")
+                raise ConfigError(f"model.path {p} is not a transformers model folder (no config.json) and holds no "
+                                  ".gguf file.", hint="Point model.path at a folder saved with save_pretrained().")
             return str(p.resolve()), str(p)
         if m.hub_id:
             return m.hub_id, m.hub_id
-        raise ConfigError("The local backend needs model.build: tiny, model.path or model.hub_id.",
-                          hint="e.g. model: {hub_id: Qwen/Qwen2.5-0.5B-Instruct}, or run jobs/local-demo.yml.")
+        raise ConfigError("The local backend needs model.build: tiny, model.source, model.gguf, model.path or "
+                          "model.hub_id.",
+                          hint="e.g. model: {source: amlft:smollm2-135m-instruct}, or run jobs/local-demo.yml.")
+
+    def _gguf_file(self, ctx: StepContext) -> Path | None:
+        """The GGUF file this profile names (model.source, model.gguf, or the one .gguf in model.path)."""
+        from amlft.backends.local.model_sources import gguf_in_folder, locate_shipped
+
+        m = ctx.profile.model
+        if m.source:
+            return locate_shipped(m.source)
+        if m.gguf:
+            p = Path(m.gguf).expanduser()
+            if not p.is_file():
+                raise ConfigError(f"model.gguf {p}: file not found.", hint="Point model.gguf at a .gguf file.")
+            return p.resolve()
+        if m.path and Path(m.path).expanduser().is_dir() and not (Path(m.path).expanduser() / "config.json").exists():
+            found = gguf_in_folder(Path(m.path).expanduser())
+            return found.resolve() if found else None
+        return None
 
     # -------------------------------------------------------------------- auth
     def auth(self, ctx: StepContext) -> dict[str, Any]:
@@ -136,6 +169,10 @@ class LocalBackend:
             h, f, n, v = (DEFAULTS["hidden_size"], DEFAULTS["intermediate_size"], DEFAULTS["num_hidden_layers"],
                           DEFAULTS["vocab_size"])
             params, how = v * h + n * (2 * h * h + 2 * h * h // 2 + 3 * h * f), "tiny build settings"
+        elif (gguf := self._gguf_file(ctx)) is not None and not (Path(ref) / "config.json").exists():
+            from amlft.backends.local.model_sources import gguf_parameters
+
+            params, how = gguf_parameters(gguf), f"GGUF tensors of {gguf.name}"
         else:
             params, how = resources.count_parameters(ref, trust_remote_code=ctx.profile.model.trust_remote_code)
         if params is None:
@@ -193,10 +230,21 @@ class LocalBackend:
             if not (Path(ref) / MARKER).exists():
                 ctx.console.info(f"building the tiny offline chat model in {ref} (tokenizer + brief pre-training)")
             build_tiny_model(Path(ref), seed=0)
+        gguf = self._gguf_file(ctx)
+        if gguf is not None:
+            from amlft.backends.local.model_sources import convert_gguf, is_converted
+
+            if is_converted(Path(ref)):
+                ctx.console.info(f"using {gguf.name} converted earlier: {ref}")
+            else:
+                with ctx.console.progress(f"converting {gguf.name} to a transformers folder", total=4) as bar:
+                    ref = str(convert_gguf(gguf, self._state_dir(ctx),
+                                           report=lambda done, total, what: bar.update(done, total=total,
+                                                                                      status=what)))
         return ref
 
     def _start_training(self, ctx: StepContext, *, resume: bool) -> dict[str, Any]:
-        from amlft.backends.local.trainer import TrainSpec, effective_hyperparameters, latest_checkpoint
+        from amlft.backends.local.trainer import TrainConfig, effective_hyperparameters, latest_checkpoint
 
         rec, prof = ctx.record, ctx.profile
         data = rec.output("data")
@@ -209,15 +257,16 @@ class LocalBackend:
         if prof.data.max_seq_length and "max_seq_length" not in prof.finetune:
             hp["max_seq_length"] = prof.data.max_seq_length
         if resume and (train_dir / "config.json").exists():
-            spec = TrainSpec.load(train_dir)  # resume with exactly what the interrupted run used
+            spec = TrainConfig.load(train_dir)  # resume with exactly what the interrupted run used
         else:
             model_ref = self._ensure_base_model(ctx)
-            spec = TrainSpec(train_dir=str(train_dir), model=model_ref, train_file=data["train_file"],
-                             test_file=data.get("test_file"), hyperparameters=hp, device=prof.local.device,
-                             batching=prof.local.batching, save_steps=prof.local.save_steps,
-                             eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
-                             trust_remote_code=prof.model.trust_remote_code,
-                             eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS)
+            spec = TrainConfig(train_dir=str(train_dir), model=model_ref, train_file=data["train_file"],
+                               test_file=data.get("test_file"), **hp, device=prof.local.device,
+                               batching=prof.local.batching, save_steps=prof.local.save_steps,
+                               eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
+                               trust_remote_code=prof.model.trust_remote_code,
+                               eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS,
+                               general_questions=prof.model.build != "tiny")  # the tiny model knows no facts
             spec.save()
         ckpt = latest_checkpoint(train_dir / "checkpoints")
         log_path = train_dir / "train.log"
@@ -240,7 +289,7 @@ class LocalBackend:
             ctx.console.info(f"training started (pid {proc.pid}); log: {log_path}")
         out = {"pid": proc.pid, "train_dir": str(train_dir), "log_path": str(log_path),
                "resumed_from": ckpt.name if ckpt else None, "base_model": spec.model,
-               "hyperparameters": spec.hyperparameters}
+               "hyperparameters": spec.hyperparameters()}
         rec.set_output("submit", **out)
         return out
 
@@ -317,6 +366,9 @@ class LocalBackend:
                         last_status_at, last_decile = now, decile
                     bar.update(h["step"], total=h["total_steps"], status=status)
                     seen = len(history)
+                phase = self._phase(progress_path.parent)  # loading, encoding, evaluating n/total prompts, ...
+                if phase:
+                    bar.update(status=phase if not history else f"{status}  |  {phase}")
                 state, result = self._training_state(ctx)
                 if state == "completed":
                     return result or {}
@@ -333,6 +385,17 @@ class LocalBackend:
                     raise WaitTimeout(f"Training still running after {timeout:.0f}s (pid {pid}).",
                                       hint=f"It keeps running: `amlft wait --run {rec.run_id}` follows it again.")
                 time.sleep(0.5)
+
+    @staticmethod
+    def _phase(train_dir: Path) -> str:
+        """The trainer's current non-training phase from status.json ('' while training steps run)."""
+        st: dict[str, Any] = {}
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            st = json.loads((train_dir / "status.json").read_text())
+        if not st or st.get("phase") == "training":
+            return ""
+        count = f" {st['done']}/{st['total']} {st.get('unit', '')}" if st.get("total") else ""
+        return f"{st['phase']}{count} {st.get('detail', '')}".strip()
 
     @staticmethod
     def _status(history: list[dict[str, Any]], window: int = 10) -> str:
@@ -373,6 +436,9 @@ class LocalBackend:
                  "after": after["exact_match"]},
                 {"metric": "held-out loss (assistant tokens)", "before": before["test_loss"],
                  "after": after["test_loss"]}]
+        if before.get("general") and after.get("general"):  # a fine-tune must not make the model forget to chat
+            rows.append({"metric": f"general questions answered ({after['general']['n']} held-out facts)",
+                         "before": before["general"]["accuracy"], "after": after["general"]["accuracy"]})
         b_by_prompt = {a["prompt"]: a for a in before["answers"]}
         examples = [{"prompt": a["prompt"], "reference": a["reference"],
                      "before": b_by_prompt.get(a["prompt"], {}).get("answer"), "after": a["answer"]}

@@ -206,13 +206,14 @@ class Engine:
         self.threads = torch.get_num_threads()
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template with the assistant turn opened, as token ids."""
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
+        """The chat template with the assistant turn opened, as token ids; special-token text that a
+        client put in a message stays text (no role forgery, see amlft.backends.local.chat)."""
+        from amlft.backends.local.chat import TemplateRewritesContent, encode_prompt
+
+        try:
+            ids = encode_prompt(self.tokenizer, messages)
+        except TemplateRewritesContent as exc:
+            raise ContractError(f"{exc}; remove the special tokens from the messages") from exc
         if self.max_positions and len(ids) >= self.max_positions:
             raise ContractError(f"the conversation is {len(ids)} tokens; this model reads at most "
                                 f"{self.max_positions - 1} (shorten the messages)")

@@ -59,17 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    from amlft.backends.local.trainer import TrainSpec, train
+    from amlft.backends.local.trainer import TrainConfig, train
     from amlft.errors import AmlftError
 
-    spec = TrainSpec.load(train_dir)
+    cfg = TrainConfig.load(train_dir)
     result_path.unlink(missing_ok=True)
     try:
-        out = train(spec, log=log)
+        out = train(cfg, log=log)
         png = plot_loss_curve(out["history"], train_dir / "loss_curve.png",
-                              title=f"LoRA fine-tune of {Path(spec.model).name}")
+                              title=f"LoRA fine-tune of {Path(cfg.model).name}")
         atomic_write_json(result_path, {
-            "status": "Completed", "metrics": out["metrics"], "hyperparameters": spec.hyperparameters,
+            "status": "Completed", "metrics": out["metrics"], "hyperparameters": cfg.hyperparameters(),
             "before": out["before"], "after": out["after"], "adapter_dir": out["adapter_dir"],
             "merged_dir": out["merged_dir"], "checkpoint_dir": out["checkpoint_dir"],
             "loss_curve_png": str(png) if png else None,

@@ -12,6 +12,7 @@ fixed by the seed, so a resumed run continues exactly where the interrupted one 
 Files in the training folder (`<run_dir>/train`):
     config.json       what submit asked for (model, data files, hyper-parameters, knobs)
     progress.jsonl    one line per optimizer step: step, total, loss, lr, tokens/s, ...
+    status.json       the current phase (loading, encoding, evaluating n/total prompts, training, ...)
     checkpoints/      checkpoint-<step>/ (adapter + trainer_state.pt), the last two kept
     adapter/          the final LoRA adapter;  merged/  base + adapter, transformers format
     eval_before.json, result.json, loss_curve.png, train.log (written by train_main)
@@ -19,6 +20,7 @@ Files in the training folder (`<run_dir>/train`):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,32 +28,14 @@ import random
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from amlft.backends.local.chat import IGNORE_INDEX, encode_conversation, read_conversations
+from amlft.backends.local.chat import IGNORE_INDEX, encode_conversation, encode_prompt, read_conversations
 from amlft.errors import ConfigError, TrainingError
 
-# Every default in one commented block. Names are the Azure ML chat_completion_pipeline
-# component's input names, so one profile moves between backends.
-DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
-    "num_train_epochs": 1,
-    "max_steps": -1,                  # > 0 overrides epochs (the Azure component's meaning)
-    "learning_rate": 2e-4,
-    "lr_scheduler_type": "linear",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "max_seq_length": 512,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.05,
-    "lora_target_modules": "all-linear",
-    "max_grad_norm": 1.0,
-    "seed": 42,
-}
 # Azure component inputs that only make sense on Azure; accepted and ignored here.
 AZURE_ONLY = {"apply_lora", "apply_deepspeed", "apply_ort", "deepspeed_stage", "precision", "num_nodes_finetune",
               "number_of_gpu_to_use_finetuning", "ignore_mismatched_sizes", "auto_find_batch_size",
@@ -59,60 +43,113 @@ AZURE_ONLY = {"apply_lora", "apply_deepspeed", "apply_ort", "deepspeed_stage", "
               "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "eval_steps", "save_total_limit",
               "apply_early_stopping", "early_stopping_patience", "early_stopping_threshold",
               "metric_for_best_model", "enable_full_determinism", "ignore_errors"}
-FAIL_AFTER_ENV = "AMLFT_TRAIN_FAIL_AFTER_STEP"  # tests: exit abruptly after this step (crash/resume)
 KEEP_CHECKPOINTS = 2
-
-
-def effective_hyperparameters(finetune: dict[str, Any]) -> dict[str, Any]:
-    """Profile `finetune:` over the defaults; unknown names are an error, not a silent no-op."""
-    unknown = sorted(k for k in finetune if k not in DEFAULT_HYPERPARAMETERS and k not in AZURE_ONLY)
-    if unknown:
-        raise ConfigError(f"finetune: the local backend does not know {', '.join(unknown)}.",
-                          hint=f"Known: {', '.join(sorted(DEFAULT_HYPERPARAMETERS))}.")
-    hp = dict(DEFAULT_HYPERPARAMETERS)
-    hp.update({k: v for k, v in finetune.items() if k in DEFAULT_HYPERPARAMETERS})
-    casts = {"num_train_epochs": float, "max_steps": int, "learning_rate": float, "warmup_steps": int,
-             "weight_decay": float, "per_device_train_batch_size": int, "gradient_accumulation_steps": int,
-             "max_seq_length": int, "lora_r": int, "lora_alpha": float, "lora_dropout": float,
-             "max_grad_norm": float, "seed": int}
-    for k, cast in casts.items():
-        try:
-            hp[k] = cast(hp[k])
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"finetune.{k} must be a number (got {hp[k]!r}).") from exc
-    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_seq_length", "lora_r"):
-        if hp[k] < 1:
-            raise ConfigError(f"finetune.{k} must be at least 1 (got {hp[k]}).")
-    return hp
+EVAL_BATCH_SIZE = 8                    # prompts generated at once during evaluation
 
 
 @dataclass
-class TrainSpec:
-    """What one training run does; written by submit as config.json, read by train_main."""
+class TrainConfig:
+    """Everything one local fine-tune does, every default once; written by submit as config.json.
 
-    train_dir: str
-    model: str                       # local folder or hub id
-    train_file: str
-    test_file: str | None
-    hyperparameters: dict[str, Any]
-    device: str = "auto"
-    batching: str = "length_grouped"
-    save_steps: int = 50
-    eval_prompts: int = 24
-    threads: int | None = None
-    trust_remote_code: bool = False
+    The hyper-parameter block uses the Azure ML chat_completion_pipeline component's input
+    names, so one profile's `finetune:` moves between backends unchanged.
+    """
+
+    # what and where (filled in by submit)
+    train_dir: str = ""
+    model: str = ""                    # transformers folder or hub id
+    train_file: str = ""
+    test_file: str | None = None
+    # hyper-parameters (profile `finetune:`)
+    num_train_epochs: float = 1.0
+    max_steps: int = -1                # > 0 overrides epochs (the Azure component's meaning)
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_seq_length: int = 512          # tokens per conversation; longer rows are truncated
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # local knobs (profile `local:`)
+    device: str = "auto"               # auto | cpu | cuda
+    batching: str = "length_grouped"   # length_grouped (rows of similar length share a batch) | padded
+    save_steps: int = 50               # checkpoint every N optimizer steps
+    eval_prompts: int = 24             # held-out prompts scored (exact match) before and after
     eval_max_new_tokens: int = 32
-    extra: dict[str, Any] = field(default_factory=dict)
+    general_questions: bool = False    # also score shipped general questions (forgetting check; real models)
+    threads: int | None = None         # torch intra-op threads; None: torch's default
+    trust_remote_code: bool = False
 
     def save(self) -> Path:
         path = Path(self.train_dir) / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, train_dir: Path) -> TrainSpec:
-        return cls(**json.loads((train_dir / "config.json").read_text()))
+    def load(cls, train_dir: Path) -> TrainConfig:
+        return cls(**json.loads((Path(train_dir) / "config.json").read_text()))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
+
+
+_NAMES = [f.name for f in fields(TrainConfig)]
+# The hyper-parameter block of TrainConfig, in declaration order (what `finetune:` may set).
+HYPERPARAMETERS = tuple(_NAMES[_NAMES.index("num_train_epochs"): _NAMES.index("seed") + 1])
+_CASTS: dict[str, Callable[[Any], Any]] = {"float": float, "int": int, "str": str}
+AT_LEAST_ONE = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_seq_length", "lora_r")
+
+
+def effective_hyperparameters(finetune: dict[str, Any]) -> dict[str, Any]:
+    """Profile `finetune:` over TrainConfig's defaults, cast to their types; unknown names are an error."""
+    unknown = sorted(k for k in finetune if k not in HYPERPARAMETERS and k not in AZURE_ONLY)
+    if unknown:
+        raise ConfigError(f"finetune: the local backend does not know {', '.join(unknown)}.",
+                          hint=f"Known: {', '.join(sorted(HYPERPARAMETERS))}.")
+    defaults = TrainConfig()
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    hp: dict[str, Any] = {}
+    for name in HYPERPARAMETERS:
+        value = finetune.get(name, getattr(defaults, name))
+        try:
+            hp[name] = _CASTS[types[name]](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"finetune.{name} must be a number (got {value!r}).") from exc
+    for name in AT_LEAST_ONE:
+        if hp[name] < 1:
+            raise ConfigError(f"finetune.{name} must be at least 1 (got {hp[name]}).")
+    return hp
+
+
+# ------------------------------------------------------------------------ progress
+class Status:
+    """What the trainer is doing right now, in `status.json` (atomically replaced), for `amlft wait`.
+
+    progress.jsonl covers the optimizer steps; this covers everything around them that also
+    takes time on a real model (loading, encoding, evaluation), so nothing is silent for minutes.
+    """
+
+    def __init__(self, train_dir: Path, log: Callable[[str], None]) -> None:
+        self.path, self.log = Path(train_dir) / "status.json", log
+        self._last_logged = 0.0
+
+    def __call__(self, phase: str, done: int = 0, total: int = 0, unit: str = "", detail: str = "",
+                 *, log: bool | None = None) -> None:
+        from amlft.records import atomic_write_json
+
+        atomic_write_json(self.path, {"phase": phase, "done": done, "total": total, "unit": unit,
+                                      "detail": detail, "at": time.time()})
+        now = time.monotonic()
+        if log or (log is None and (done == total or now - self._last_logged >= 5)):
+            self.log(f"{phase}: {done}/{total} {unit} {detail}".rstrip() if total else f"{phase} {detail}".rstrip())
+            self._last_logged = now
 
 
 # ------------------------------------------------------------------------ loading
@@ -128,13 +165,16 @@ def pick_device(requested: str) -> tuple[str, Any]:
     return "cpu", torch.float32
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_tokenizer_and_model(model_ref: str, *, dtype: Any, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load from a local folder or a hub id; without network a hub id fails with what to do."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # Read at call time (huggingface_hub reads it once at import): offline means cache only, no retries.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    kw = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": hub_offline()}
     try:
         tok = AutoTokenizer.from_pretrained(model_ref, **kw)
         model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype, **kw)
@@ -142,7 +182,8 @@ def load_tokenizer_and_model(model_ref: str, *, dtype: Any, trust_remote_code: b
         raise TrainingError(
             f"Could not load model {model_ref!r}: {str(exc).splitlines()[0][:300]}",
             hint="Hub ids need network access (or a filled Hugging Face cache); offline, set model.path to a "
-                 "local transformers folder or use model.build: tiny.") from exc
+                 "local transformers folder, model.source: amlft:smollm2-135m-instruct, or model.build: tiny.",
+        ) from exc
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
@@ -172,9 +213,9 @@ def plan_batches(lengths: list[int], *, batch_size: int, epochs: float, seed: in
     into batches, then shuffle the batches - similar lengths share a batch (little
     padding) while the order stays random. padded: plain random batches.
     """
-    if strategy == "packed":
-        raise ConfigError("local.batching: packed is not supported by the local trainer.",
-                          hint="Use local.batching: length_grouped (no padding waste, no cross-contamination).")
+    if strategy not in ("length_grouped", "padded"):
+        raise ConfigError(f"local.batching: {strategy} is not a batching strategy of the local trainer.",
+                          hint="Use local.batching: length_grouped (little padding, no cross-contamination) or padded.")
     rng = random.Random(seed)
     n = len(lengths)
     full_epochs = math.floor(epochs)
@@ -193,6 +234,17 @@ def plan_batches(lengths: list[int], *, batch_size: int, epochs: float, seed: in
             batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         plan.extend(batches)
     return plan
+
+
+def plan_for_steps(lengths: list[int], cfg: TrainConfig) -> tuple[list[list[int]], int]:
+    """(micro-batch plan, optimizer steps): epochs, or max_steps drawing further epochs as needed."""
+    bs, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    plan = plan_batches(lengths, batch_size=bs, epochs=cfg.num_train_epochs, seed=cfg.seed, strategy=cfg.batching)
+    if cfg.max_steps <= 0:
+        return plan, math.ceil(len(plan) / accum)
+    while len(plan) < cfg.max_steps * accum:  # max_steps beyond the epochs: keep drawing epochs
+        plan += plan_batches(lengths, batch_size=bs, epochs=1, seed=cfg.seed + len(plan), strategy=cfg.batching)
+    return plan, cfg.max_steps
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
@@ -238,37 +290,91 @@ def eval_rows(test_file: Path | None, n: int) -> list[tuple[list[dict[str, str]]
     return rows
 
 
-def evaluate(model: Any, tokenizer: Any, rows: list[tuple[list[dict[str, str]], str]], *, device: str,
-             max_new_tokens: int, test_examples: list[tuple[list[int], list[int]]] | None = None) -> dict[str, Any]:
-    """Greedy answers to held-out prompts (normalized exact match) and mean held-out loss."""
+def general_questions() -> list[tuple[str, list[str]]]:
+    """Shipped general-knowledge questions with accepted answer substrings: does the model still chat?"""
+    from amlft.resources import resource_path
+
+    lines = resource_path("general_questions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [(q["question"], list(q["expect"])) for q in map(json.loads, filter(str.strip, lines))]
+
+
+Progress = Callable[[int, int, str], None]  # (done, total, detail)
+
+
+def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, device: str,
+                     max_new_tokens: int, progress: Progress | None = None) -> list[str]:
+    """Greedy answers, EVAL_BATCH_SIZE prompts at a time (left-padded), stopping at the end-of-turn token."""
     import torch
 
-    model.eval()
-    answers = []
-    hits = 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][-1]["content"]))  # similar lengths batch well
+    answers: dict[int, str] = {}
+    pad = tokenizer.pad_token_id
+    started, generated = time.perf_counter(), 0
+    for b in range(0, len(order), EVAL_BATCH_SIZE):
+        idx = order[b:b + EVAL_BATCH_SIZE]
+        encoded = [encode_prompt(tokenizer, prompts[i]) for i in idx]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad)
+        for row, i in enumerate(idx):
+            new = out[row, width:]
+            generated += int((new != pad).sum())
+            answers[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+        if progress:
+            rate = generated / max(time.perf_counter() - started, 1e-9)
+            progress(len(answers), len(prompts), f"{rate:,.0f} tok/s")
+    return [answers[i] for i in range(len(prompts))]
+
+
+def heldout_loss(model: Any, tokenizer: Any, examples: list[tuple[list[int], list[int]]], *,
+                 device: str) -> float | None:
+    """Mean loss per assistant token over the held-out conversations."""
+    import torch
+
+    if not examples:
+        return None
+    total, count = 0.0, 0
     with torch.no_grad():
-        for messages, reference in rows:
-            enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            text = tokenizer.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            ok = normalize_answer(text) == normalize_answer(reference)
-            hits += ok
-            answers.append({"prompt": messages[-1]["content"], "reference": reference, "answer": text, "match": ok})
-        loss = None
-        if test_examples:
-            total, count = 0.0, 0
-            for i in range(0, len(test_examples), 16):
-                batch = collate(test_examples[i:i + 16], tokenizer.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                n_tok = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                total += float(model(**batch).loss) * n_tok
-                count += n_tok
-            loss = total / max(count, 1)
-    return {"exact_match": hits / len(rows) if rows else None, "n": len(rows), "test_loss": loss,
-            "answers": answers}
+        for i in range(0, len(examples), 16):
+            batch = {k: v.to(device) for k, v in collate(examples[i:i + 16], tokenizer.pad_token_id).items()}
+            n_tok = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += float(model(**batch).loss) * n_tok
+            count += n_tok
+    return total / max(count, 1)
+
+
+def evaluate(model: Any, tokenizer: Any, rows: list[tuple[list[dict[str, str]], str]], *, device: str,
+             max_new_tokens: int, test_examples: list[tuple[list[int], list[int]]] | None = None,
+             general: list[tuple[str, list[str]]] | None = None,
+             status: Callable[..., None] | None = None, phase: str = "evaluating") -> dict[str, Any]:
+    """Task exact match on held-out prompts, held-out loss, and (optionally) general questions still answered."""
+    model.eval()
+
+    def progress(what: str) -> Progress | None:
+        return (lambda d, t, detail: status(f"{phase}: {what}", d, t, "prompts", detail)) if status else None
+
+    texts = generate_answers(model, tokenizer, [m for m, _ in rows], device=device, max_new_tokens=max_new_tokens,
+                             progress=progress("task prompts"))
+    answers: list[dict[str, Any]] = [{"prompt": m[-1]["content"], "reference": ref, "answer": text,
+                "match": normalize_answer(text) == normalize_answer(ref)} for (m, ref), text in zip(rows, texts,
+                                                                                               strict=True)]
+    hits = sum(a["match"] for a in answers)
+    out: dict[str, Any] = {"exact_match": hits / len(rows) if rows else None, "n": len(rows), "answers": answers}
+    if status:
+        status(f"{phase}: held-out loss", 0, 0, "", f"{len(test_examples or [])} conversations")
+    out["test_loss"] = heldout_loss(model, tokenizer, test_examples or [], device=device)
+    if general:
+        said = generate_answers(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in general],
+                                device=device, max_new_tokens=24, progress=progress("general questions"))
+        graded: list[dict[str, Any]] = [{"prompt": q, "expect": exp, "answer": a,
+                   "correct": any(e.lower() in a.lower() for e in exp)} for (q, exp), a in zip(general, said,
+                                                                                             strict=True)]
+        out["general"] = {"n": len(graded), "accuracy": sum(g["correct"] for g in graded) / len(graded),
+                          "answers": graded}
+    return out
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -296,90 +402,151 @@ def save_checkpoint(model: Any, optimizer: Any, scheduler: Any, ckpt_root: Path,
     return final
 
 
+def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Restore adapter, optimizer, scheduler and RNG state; (step, history) to continue from."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # tensors and plain containers only
+    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(_as_rng_state(state["python_rng"]))
+    return int(state["step"]), list(state["history"])
+
+
+def _as_rng_state(value: Any) -> Any:
+    """random.setstate wants tuples; a weights_only load may hand back lists."""
+    return tuple(_as_rng_state(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 # ------------------------------------------------------------------------ the run
-def train(spec: TrainSpec, *, log: Any = print) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) one fine-tune; returns the result written to result.json."""
     import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import LoraConfig, get_peft_model
     from transformers import get_scheduler
 
-    hp = spec.hyperparameters
-    train_dir = Path(spec.train_dir)
+    train_dir = Path(cfg.train_dir)
     ckpt_root = train_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    progress_path = train_dir / "progress.jsonl"
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    random.seed(hp["seed"])
-    torch.manual_seed(hp["seed"])
-    device, dtype = pick_device(spec.device)
+    status = Status(train_dir, log)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device, dtype = pick_device(cfg.device)
 
-    # data
-    tokenizer, model = load_tokenizer_and_model(spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    examples, dropped = encode_file(tokenizer, Path(spec.train_file), hp["max_seq_length"])
-    if not examples:
-        raise TrainingError(f"No trainable rows in {spec.train_file}: every row's assistant turns fall past "
-                            f"max_seq_length={hp['max_seq_length']}.", hint="Raise finetune.max_seq_length.")
-    test_examples = (encode_file(tokenizer, Path(spec.test_file), hp["max_seq_length"])[0]
-                     if spec.test_file and Path(spec.test_file).exists() else [])
-    rows = eval_rows(Path(spec.test_file) if spec.test_file else None, spec.eval_prompts)
-    log(f"data: {len(examples)} training conversations ({dropped} dropped: no assistant tokens within "
-        f"max_seq_length), {len(test_examples)} held-out, {len(rows)} evaluation prompts; device {device} {dtype}")
-
-    # model + evaluation before fine-tuning (kept across resumes)
+    # model and data
+    status("loading the model", detail=cfg.model, log=True)
+    tokenizer, model = load_tokenizer_and_model(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     model.to(device)
+    status("encoding the data", detail=Path(cfg.train_file).name, log=True)
+    examples, dropped = encode_file(tokenizer, Path(cfg.train_file), cfg.max_seq_length)
+    if not examples:
+        raise TrainingError(f"No trainable rows in {cfg.train_file}: every row's assistant turns fall past "
+                            f"max_seq_length={cfg.max_seq_length}.", hint="Raise finetune.max_seq_length.")
+    test_file = Path(cfg.test_file) if cfg.test_file and Path(cfg.test_file).exists() else None
+    test_examples = encode_file(tokenizer, test_file, cfg.max_seq_length)[0] if test_file else []
+    rows = eval_rows(test_file, cfg.eval_prompts)
+    general = general_questions() if cfg.general_questions else []
+    log(f"data: {len(examples)} training conversations ({dropped} dropped: no assistant tokens within "
+        f"max_seq_length), {len(test_examples)} held-out, {len(rows)} evaluation prompts"
+        f"{f', {len(general)} general questions' if general else ''}; device {device} {dtype}")
+    evaluation = functools.partial(evaluate, tokenizer=tokenizer, rows=rows, device=device,
+                                   max_new_tokens=cfg.eval_max_new_tokens, test_examples=test_examples,
+                                   general=general, status=status)
+
+    # evaluation before fine-tuning (kept across resumes)
     before_path = train_dir / "eval_before.json"
     if before_path.exists():
         before = json.loads(before_path.read_text())
     else:
-        before = evaluate(model, tokenizer, rows, device=device, max_new_tokens=spec.eval_max_new_tokens,
-                          test_examples=test_examples)
+        before = evaluation(model, phase="evaluating before fine-tuning")
         before_path.write_text(json.dumps(before, indent=2) + "\n")
-        log(f"before fine-tuning: exact match {before['exact_match']}, held-out loss {before['test_loss']}")
-    lora = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
-                      target_modules=hp["lora_target_modules"], task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in model.parameters())
+        log(f"before fine-tuning: exact match {before['exact_match']}, held-out loss {before['test_loss']}"
+            + (f", general questions {before['general']['accuracy']:.0%}" if general else ""))
 
-    # plan
-    bs, accum = hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"]
-    plan = plan_batches([len(ids) for ids, _ in examples], batch_size=bs, epochs=hp["num_train_epochs"],
-                        seed=hp["seed"], strategy=spec.batching)
-    total_steps = math.ceil(len(plan) / accum)
-    if hp["max_steps"] > 0:
-        total_steps = hp["max_steps"]
-        while len(plan) < total_steps * accum:  # max_steps beyond the epochs: keep drawing epochs
-            plan += plan_batches([len(ids) for ids, _ in examples], batch_size=bs, epochs=1,
-                                 seed=hp["seed"] + len(plan), strategy=spec.batching)
+    # LoRA, batch plan, optimizer; then resume where a killed run stopped
+    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
-    scheduler = get_scheduler(hp["lr_scheduler_type"], optimizer, num_warmup_steps=hp["warmup_steps"],
+    trainable, total_params = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    plan, total_steps = plan_for_steps([len(ids) for ids, _ in examples], cfg)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total_steps)
-
-    # resume
-    start_step, history = 0, []
+    start_step, history = 0, list[dict[str, Any]]()
     ckpt = latest_checkpoint(ckpt_root)
     if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        start_step, history = int(state["step"]), list(state["history"])
+        start_step, history = load_checkpoint(ckpt, model, optimizer, scheduler)
         log(f"resuming from {ckpt.name} (step {start_step} of {total_steps})")
-    # progress.jsonl mirrors history: rewrite it so a resumed run does not show the lost steps twice
-    progress_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    log(f"training: {total_steps} steps, batch {cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps} "
+        f"accumulation, {trainable:,} trainable of {total_params:,} parameters (LoRA r={cfg.lora_r})")
+    status("training", start_step, total_steps, "steps", log=False)
 
-    log(f"training: {total_steps} steps, batch {bs} x {accum} accumulation, {trainable:,} trainable of "
-        f"{total_params:,} parameters (LoRA r={hp['lora_r']})")
-    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
-    model.train()
-    pad_id = tokenizer.pad_token_id
+    # the loop
     started = time.perf_counter()
-    run_tokens = 0
+    run_tokens = train_steps(model, optimizer, scheduler, params, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
+                             device=device, history=history, start_step=start_step, total_steps=total_steps)
+    runtime = time.perf_counter() - started
+    save_checkpoint(model, optimizer, scheduler, ckpt_root, total_steps, history)
+
+    # merge + evaluation after fine-tuning
+    status("merging the adapter", log=True)
+    adapter_dir, merged_dir = train_dir / "adapter", train_dir / "merged"
+    model.save_pretrained(str(adapter_dir))
+    merged: Any = model.merge_and_unload()
+    after = evaluation(merged, phase="evaluating after fine-tuning")
+    log(f"after fine-tuning: exact match {after['exact_match']}, held-out loss {after['test_loss']}"
+        + (f", general questions {after['general']['accuracy']:.0%}" if general else ""))
+    status("saving the merged model", detail=str(merged_dir), log=True)
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    tokenizer.save_pretrained(merged_dir)
+    metrics = {
+        "train_loss": round(sum(h["loss"] for h in history) / max(len(history), 1), 5),
+        "final_loss": history[-1]["loss"] if history else None,
+        "steps": total_steps,
+        "resumed_from_step": start_step or None,
+        "tokens_per_s": round(run_tokens / runtime, 1) if runtime > 0 and total_steps > start_step else None,
+        "train_runtime_s": round(runtime, 2),
+        "train_tokens": sum(h["tokens"] for h in history),
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "dropped_rows": dropped,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "eval_exact_match_before": before["exact_match"],
+        "eval_exact_match_after": after["exact_match"],
+        "eval_loss_before": before["test_loss"],
+        "eval_loss_after": after["test_loss"],
+    }
+    if general:
+        metrics["eval_general_before"] = before["general"]["accuracy"]
+        metrics["eval_general_after"] = after["general"]["accuracy"]
+    return {"metrics": metrics, "history": history, "before": before, "after": after,
+            "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "checkpoint_dir": str(ckpt_root)}
+
+
+def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
+                examples: list[tuple[list[int], list[int]]], plan: list[list[int]], cfg: TrainConfig, *,
+                pad_id: int, device: str, history: list[dict[str, Any]], start_step: int, total_steps: int) -> int:
+    """Optimizer steps start_step..total_steps: one progress.jsonl line each, checkpoints every save_steps.
+
+    Returns the tokens processed. progress.jsonl is rewritten from `history` first, so a
+    resumed run does not show the steps lost with the killed process twice.
+    """
+    import torch
+
+    train_dir = Path(cfg.train_dir)
+    accum = cfg.gradient_accumulation_steps
+    progress_path = train_dir / "progress.jsonl"
+    progress_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    model.train()
+    started, run_tokens = time.perf_counter(), 0
     with progress_path.open("a", encoding="utf-8") as prog:
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
@@ -393,7 +560,7 @@ def train(spec: TrainSpec, *, log: Any = print) -> dict[str, Any]:
                 loss.backward()
                 step_loss += float(loss.detach())
                 step_tokens += int(batch["attention_mask"].sum())
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -403,47 +570,10 @@ def train(spec: TrainSpec, *, log: Any = print) -> dict[str, Any]:
                      "lr": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4), "tokens": step_tokens,
                      "tokens_per_s": round(step_tokens / dt, 1),
                      "elapsed_s": round(time.perf_counter() - started, 3),
-                     "epoch": round((step + 1) * accum / max(len(plan), 1) * math.ceil(hp["num_train_epochs"]), 3)}
+                     "epoch": round((step + 1) * accum / max(len(plan), 1) * math.ceil(cfg.num_train_epochs), 3)}
             history.append(entry)
             prog.write(json.dumps(entry) + "\n")
             prog.flush()
-            if (step + 1) % spec.save_steps == 0 and step + 1 < total_steps:
-                save_checkpoint(model, optimizer, scheduler, ckpt_root, step + 1, history)
-            if fail_after and step + 1 == fail_after:
-                log(f"{FAIL_AFTER_ENV}={fail_after}: exiting abruptly to simulate a crash")
-                os._exit(17)
-    runtime = time.perf_counter() - started
-    save_checkpoint(model, optimizer, scheduler, ckpt_root, total_steps, history)
-
-    # merge + evaluation after fine-tuning
-    adapter_dir, merged_dir = train_dir / "adapter", train_dir / "merged"
-    model.save_pretrained(adapter_dir)
-    merged = model.merge_and_unload()
-    merged.eval()
-    after = evaluate(merged, tokenizer, rows, device=device, max_new_tokens=spec.eval_max_new_tokens,
-                     test_examples=test_examples)
-    log(f"after fine-tuning: exact match {after['exact_match']}, held-out loss {after['test_loss']}")
-    shutil.rmtree(merged_dir, ignore_errors=True)
-    merged.save_pretrained(merged_dir, safe_serialization=True)
-    tokenizer.save_pretrained(merged_dir)
-    resumed_steps = total_steps - start_step
-    metrics = {
-        "train_loss": round(sum(h["loss"] for h in history) / max(len(history), 1), 5),
-        "final_loss": history[-1]["loss"] if history else None,
-        "steps": total_steps,
-        "resumed_from_step": start_step or None,
-        "tokens_per_s": round(run_tokens / runtime, 1) if runtime > 0 and resumed_steps else None,
-        "train_runtime_s": round(runtime, 2),
-        "train_tokens": sum(h["tokens"] for h in history),
-        "trainable_params": trainable,
-        "total_params": total_params,
-        "dropped_rows": dropped,
-        "device": device,
-        "dtype": str(dtype).replace("torch.", ""),
-        "eval_exact_match_before": before["exact_match"],
-        "eval_exact_match_after": after["exact_match"],
-        "eval_loss_before": before["test_loss"],
-        "eval_loss_after": after["test_loss"],
-    }
-    return {"metrics": metrics, "history": history, "before": before, "after": after,
-            "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "checkpoint_dir": str(ckpt_root)}
+            if (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
+                save_checkpoint(model, optimizer, scheduler, train_dir / "checkpoints", step + 1, history)
+    return run_tokens
