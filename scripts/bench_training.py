@@ -13,6 +13,12 @@ Peers (same model, data, LoRA settings, learning rate, optimizer steps and dtype
   max_seq_length, and a batch size chosen so a step holds about as many tokens as
   amlft's (TRL counts a batch in packs of max_length tokens, not in rows).
 
+Threads: torch's intra-op thread count is process-wide and matters more than anything else
+on a shared CPU (its OpenMP threads spin while waiting for each other, so a busy machine
+slows a step several-fold). amlft sizes it to the idle cores when local.threads is unset;
+the peers get torch's default (one per core), as their users run them, or --peer-threads N
+(e.g. amlft's count, printed per run) as a control.
+
 Tokens are counted the same way on every side: the non-padding tokens each optimizer step
 processed (the attention mask's sum, or every token of a padding-free batch). Time is the
 training loop only (first step to last), not model loading or tokenization. All sides run
@@ -201,6 +207,19 @@ def run_trl_sft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> 
 RUNNERS = {"amlft": run_amlft, "hf_trainer": run_hf_trainer, "trl_sft": run_trl_sft}
 
 
+def run_side(name: str, model_dir: Path, data: Path, work: Path, hp: dict[str, Any], *,
+             default_threads: int, peer_threads: int | None) -> dict[str, Any]:
+    """One side; torch's thread count is process-wide, so each side starts from its own setting:
+    peers from torch's default (as their users run them) or --peer-threads, amlft from its own
+    choice (local.threads unset: the idle cores)."""
+    import torch
+
+    torch.set_num_threads(peer_threads or default_threads)
+    r = RUNNERS[name](model_dir, data, work, hp)
+    r["threads"] = torch.get_num_threads()
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", help="tiny (built offline), smollm2, or a transformers folder")
@@ -210,13 +229,18 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="chat JSONL (default: shipped sample + long general chat rows)")
     ap.add_argument("--rounds", type=int, default=2, help="1: each side once; 2: then again in reverse order")
     ap.add_argument("--sides", default="amlft,hf_trainer,trl_sft")
+    ap.add_argument("--peer-threads", type=int, default=None,
+                    help="torch threads for the peers (default: torch's own default, as their users run them)")
     ap.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "amlft-bench",
                     help="where the converted SmolLM2 folder is cached")
     args = ap.parse_args()
 
+    import torch
+
     from amlft.backends.local.tiny import build_tiny_model
     from amlft.backends.local.trainer import effective_hyperparameters
 
+    default_threads = torch.get_num_threads()
     work = Path(tempfile.mkdtemp(prefix="amlft-bench-train-"))
     try:
         if args.model == "tiny":
@@ -234,12 +258,14 @@ def main() -> None:
         orders = [sides, sides[::-1]][: max(1, args.rounds)]
         for order in orders:
             for name in order:
-                r = RUNNERS[name](model_dir, data, work, hp)
+                r = run_side(name, model_dir, data, work, hp, default_threads=default_threads,
+                             peer_threads=args.peer_threads)
                 r["tokens_per_s"] = r["tokens"] / r["seconds"]
                 r["load_average"] = load_average()
                 results[name].append(r)
                 print(f"{name:11s} {r['tokens']:>8d} non-padding tokens in {r['seconds']:7.2f} s = "
-                      f"{r['tokens_per_s']:8.1f} tokens/s  (mean loss {r['mean_loss']})  [load {r['load_average']}]",
+                      f"{r['tokens_per_s']:8.1f} tokens/s  (mean loss {r['mean_loss']}, {r['threads']} threads)  "
+                      f"[load {r['load_average']}]",
                       flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -252,8 +278,10 @@ def main() -> None:
     doc = summary("training", amlft=mean.get("amlft", 0.0), peers=peers, unit="non-padding tokens/s",
                   model=label, steps=args.steps, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
                   dtype=str(_dtype()).replace("torch.", ""), rounds=len(orders),
+                  peer_threads=args.peer_threads or default_threads,
                   runs={k: [{"tokens_per_s": round(r["tokens_per_s"], 1), "seconds": r["seconds"],
-                             "load_average": r["load_average"]} for r in v] for k, v in results.items()})
+                             "threads": r["threads"], "load_average": r["load_average"]} for r in v]
+                        for k, v in results.items()})
     if doc["ratio_vs_best_peer"] is not None:
         print(f"ratio vs best peer {doc['ratio_vs_best_peer']:.2f}x (target >= 1.3x)")
     emit(doc)
