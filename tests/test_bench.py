@@ -78,13 +78,21 @@ class FakeEndpoint:
                     fake.max_inflight = max(fake.max_inflight, fake.inflight)
                     fake.bodies.append(body)
                     fake.auth_headers.append(self.headers.get("Authorization"))
+                self.released = False
                 try:
                     self._answer(n, body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): that is the point of the test
                 finally:
-                    with fake.lock:
+                    self.release()
+
+            def release(self) -> None:
+                """No longer in flight: called before the answer's last bytes, since the client
+                sends its next request as soon as it has them (before this thread runs on)."""
+                with fake.lock:
+                    if not self.released:
                         fake.inflight -= 1
+                        self.released = True
 
             def _send(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()
@@ -92,6 +100,7 @@ class FakeEndpoint:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.release()
                 self.wfile.write(data)
 
             def _answer(self, n: int, body: dict[str, Any]) -> None:
@@ -142,6 +151,7 @@ def _write_stream(handler: BaseHTTPRequestHandler, fake: FakeEndpoint, n: int, w
         time.sleep(fake.chunk_delay_s)
     if fake.usage:
         handler.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+    handler.release()  # type: ignore[attr-defined]
     handler.wfile.write(b"data: [DONE]\n\n")
 
 
