@@ -38,6 +38,14 @@ class _Failure(Exception):
         self.kind, self.message, self.status = kind, message, status
 
 
+def http_error_kind(status: int) -> str:
+    """The error kind an HTTP error status is counted under (a plain string: `http_503`).
+
+    Kinds are strings so reports and `errors_by_kind` stay JSON; this is the one place that
+    names them for HTTP statuses."""
+    return f"http_{status}"
+
+
 def generation_parameters(*, max_new_tokens: int, temperature: float, ignore_eos: bool = False) -> dict[str, Any]:
     """Azure ML / transformers parameters. Temperature 0 means greedy: HF rejects
     do_sample with temperature 0, so sampling knobs are left out entirely.
@@ -106,7 +114,7 @@ def _send(session: Any, target: Target, messages: list[dict[str, Any]], params: 
         status = resp.status_code
         try:
             if status >= 400:
-                raise _Failure(f"http_{status}", _error_message(resp), status)
+                raise _Failure(http_error_kind(status), _error_message(resp), status)
             ctype = resp.headers.get("Content-Type", "")
             if stream and "text/event-stream" in ctype:
                 text, ttft, usage = _read_sse(resp, t0, timeout)
