@@ -6,15 +6,24 @@ imports live inside the functions that need them. Target: median `amlft --help`
 <= 0.3 s and <= 1/3 of importing azure.ai.ml on the same machine.
 
     python scripts/bench_cli_startup.py [--repeat 7]
+
+The last stdout line is the JSON summary (scripts/_benchlib.py): seconds (lower is better),
+the peer being `import azure.ai.ml`.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
+
+from _benchlib import emit, summary
+from amlft.percentiles import percentile
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50) or 0.0
 
 
 def timed(cmd: list[str]) -> float:
@@ -38,13 +47,16 @@ def main() -> int:
         cli_t.append(timed(cli))
         sdk_t.append(timed(sdk))
         bare_t.append(timed(bare))
-    c, s = statistics.median(cli_t), statistics.median(sdk_t)
-    print(f"python -c pass          median {statistics.median(bare_t):.3f} s  (interpreter start, for context)")
+    c, s = median(cli_t), median(sdk_t)
+    print(f"python -c pass          median {median(bare_t):.3f} s  (interpreter start, for context)")
     print(f"amlft --help            median {c:.3f} s  (min {min(cli_t):.3f}, n={args.repeat})")
     print(f"import azure.ai.ml      median {s:.3f} s  (min {min(sdk_t):.3f}, n={args.repeat})")
     ratio = c / s
     ok = c <= 0.3 and ratio <= 1 / 3
     print(f"ratio {ratio:.2f} (target <= 0.33); absolute target <= 0.300 s: {'PASS' if ok else 'FAIL'}")
+    emit(summary("cli_startup", amlft=c, peers={"import azure.ai.ml": s}, unit="seconds (median)", model=None,
+                 steps=None, higher_is_better=False, repeat=args.repeat, python_pass_s=round(median(bare_t), 3),
+                 target_met=ok))
     return 0 if ok else 1
 
 

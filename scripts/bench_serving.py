@@ -28,7 +28,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,9 +135,10 @@ def run_load(send: Callable[[requests.Session, list[dict[str, str]]], str], chat
 
 
 def summarize(latencies: list[float], wall: float) -> dict[str, float]:
-    lat = sorted(latencies)
-    return {"p50_ms": statistics.median(lat) * 1000, "p95_ms": lat[max(0, int(len(lat) * 0.95) - 1)] * 1000,
-            "rps": len(lat) / wall, "n": len(lat)}
+    from amlft.percentiles import percentiles
+
+    p50, p95 = percentiles(latencies, (50, 95)) or (0.0, 0.0)
+    return {"p50_ms": p50 * 1000, "p95_ms": p95 * 1000, "rps": len(latencies) / wall, "n": len(latencies)}
 
 
 def parse_args() -> argparse.Namespace:

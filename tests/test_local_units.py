@@ -49,6 +49,39 @@ def test_truncation_keeps_labels_aligned(tokenizer) -> None:
     assert set(labels) == {-100}  # the answer fell past max_seq_length: nothing to learn from this row
 
 
+def test_label_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir: Path) -> None:
+    """The LM head applied at label positions only: same loss and LoRA gradients as model(**batch).loss."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from amlft.backends.local.chat import encode_conversation, read_conversations
+    from amlft.backends.local.trainer import collate, label_loss, load_tokenizer_and_model
+    from amlft.resources import sample_chat_dir
+
+    tok, model = load_tokenizer_and_model(str(tiny_model_dir), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    convs = list(read_conversations(sample_chat_dir() / "train_gen.jsonl"))[:6]
+    batch = collate([encode_conversation(tok, c, max_seq_length=128) for c in convs], tok.pad_token_id)
+    grads = []
+    for fn in (lambda b: model(**b).loss, lambda b: label_loss(model, b)):
+        model.zero_grad()
+        loss = fn(batch)
+        loss.backward()
+        grads.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (plain, g_plain), (fast, g_fast) = grads
+    assert fast == pytest.approx(plain, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_plain, g_fast, strict=True))
+
+
+def test_idle_cores_is_between_one_and_the_cpu_count() -> None:
+    import os
+
+    from amlft.backends.local.trainer import idle_cores
+
+    assert 1 <= idle_cores() <= (os.cpu_count() or 1)
+
+
 def test_length_grouped_plan_is_deterministic_covers_every_row_and_pads_less() -> None:
     import random
 

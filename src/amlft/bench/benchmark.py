@@ -55,7 +55,8 @@ def benchmark(specs: list[TargetSpec], settings: Settings, *, console: Console, 
 
 def target_summary(t: dict[str, Any]) -> dict[str, Any]:
     """Per-level numbers without the raw requests: what the run record and --json carry."""
-    keep = ("requests", "successes", "errors", "errors_by_kind", "wall_s", "requests_per_s", "output_tokens_per_s",
+    keep = ("requests", "successes", "errors", "errors_by_kind", "wall_s", "successes_per_s", "errors_per_s",
+            "requests_per_s", "output_tokens_per_s",
             "tokens_source", "latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "ttft_p50_s",
             "tpot_p50_s")
     return {"name": t["target"]["name"], "status": t["status"], "reason": t["reason"],
@@ -71,15 +72,22 @@ def show_summary(console: Console, targets: list[dict[str, Any]], out: Path) -> 
             m = lv["summary"]
             est = "~" if metrics.is_estimated(m["tokens_source"]) else ""
             rows.append({"target": t["target"]["name"], "c": lv["concurrency"], "status": t["status"],
-                         "ok": m["successes"], "errors": m["errors"], "req/s": round(m["requests_per_s"], 2),
+                         "ok": m["successes"], "errors": _errors_cell(m), "ok/s": round(m["successes_per_s"], 2),
                          "tok/s": f"{est}{m['output_tokens_per_s']:.1f}", "p50 ms": _ms(m["latency_p50_s"]),
                          "p95 ms": _ms(m["latency_p95_s"]), "p99 ms": _ms(m["latency_p99_s"]),
                          "TTFT p50 ms": _ms(m["ttft_p50_s"])})
-    cols = ["target", "c", "status", "ok", "errors", "req/s", "tok/s", "p50 ms", "p95 ms", "p99 ms", "TTFT p50 ms"]
+    cols = ["target", "c", "status", "ok", "errors", "ok/s", "tok/s", "p50 ms", "p95 ms", "p99 ms", "TTFT p50 ms"]
     console.table(rows, title="Benchmark summary", columns=cols)
     if any(metrics.is_estimated(lv["summary"]["tokens_source"]) for t in targets for lv in t["levels"]):
         console.info(f"~ tokens {metrics.ESTIMATE_NOTE}; pass --tokenizer MODEL_DIR to count them")
     console.info(f"report: {out / 'report.md'}")
+
+
+def _errors_cell(m: dict[str, Any]) -> str:
+    """`0`, or `175 (http_503 175)`: failures by kind, never folded into the rate."""
+    if not m["errors"]:
+        return "0"
+    return f"{m['errors']} (" + ", ".join(f"{k} {v}" for k, v in m["errors_by_kind"].items()) + ")"
 
 
 def _ms(v: float | None) -> int | None:
@@ -122,8 +130,8 @@ def _record_runs(results: list[TargetResult], out: Path) -> None:
 
 
 def headline(summary: dict[str, Any]) -> str:
-    """One line per target, e.g. `run-1: c=1 2.1 req/s p50 410 ms p95 520 ms; c=4 ...`."""
-    levels = [f"c={lv['concurrency']} {lv['requests_per_s']:.2f} req/s p50 {_ms(lv['latency_p50_s'])} ms "
+    """One line per target, e.g. `run-1: c=1 2.1 ok/s p50 410 ms p95 520 ms; c=4 ...` (ok/s: successes)."""
+    levels = [f"c={lv['concurrency']} {lv['successes_per_s']:.2f} ok/s p50 {_ms(lv['latency_p50_s'])} ms "
               f"p95 {_ms(lv['latency_p95_s'])} ms" + (f" {lv['errors']} errors" if lv["errors"] else "")
               for lv in summary["levels"]]
     return f"{summary['name']}: " + (", ".join(levels) if levels else f"{summary['status']} ({summary['reason']})")

@@ -1,7 +1,9 @@
 """One timed chat request against a target, streaming where the contract allows it.
 
-Errors are returned as a kind (`timeout`, `connection`, `http_500`, `bad_response`, ...)
-rather than raised: a benchmark counts failures, it does not stop at the first one.
+Errors are returned as a kind (`timeout`, `connection`, `http_500`, `bad_response`,
+`truncated_stream`, ...) rather than raised: a benchmark counts failures, it does not stop
+at the first one. A stream that ends before `data: [DONE]` or before any choice carried a
+`finish_reason` is `truncated_stream`: the answer may be cut short, so it is not a success.
 """
 
 from __future__ import annotations
@@ -36,12 +38,28 @@ class _Failure(Exception):
         self.kind, self.message, self.status = kind, message, status
 
 
-def generation_parameters(*, max_new_tokens: int, temperature: float) -> dict[str, Any]:
+def http_error_kind(status: int) -> str:
+    """The error kind an HTTP error status is counted under (a plain string: `http_503`).
+
+    Kinds are strings so reports and `errors_by_kind` stay JSON; this is the one place that
+    names them for HTTP statuses (the Azure ML scoring table: `throttled`, `model_error`, ...)."""
+    from amlft.scoring_errors import kind_of
+
+    return kind_of(status)
+
+
+def generation_parameters(*, max_new_tokens: int, temperature: float, ignore_eos: bool = False) -> dict[str, Any]:
     """Azure ML / transformers parameters. Temperature 0 means greedy: HF rejects
-    do_sample with temperature 0, so sampling knobs are left out entirely."""
-    if temperature <= 0:
-        return {"do_sample": False, "max_new_tokens": max_new_tokens}
-    return {"do_sample": True, "temperature": temperature, "top_p": 1.0, "max_new_tokens": max_new_tokens}
+    do_sample with temperature 0, so sampling knobs are left out entirely.
+
+    `ignore_eos` (--ignore-eos) asks for exactly max_new_tokens tokens, so runs across engines
+    and commits compare like for like; `build_request` turns it into each contract's fields."""
+    params: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens}
+    if temperature > 0:
+        params = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "max_new_tokens": max_new_tokens}
+    if ignore_eos:
+        params["ignore_eos"] = True
+    return params
 
 
 def openai_url(base_url: str) -> str:
@@ -61,12 +79,18 @@ def build_request(target: Target, messages: list[dict[str, Any]], params: dict[s
         oa_params = {"temperature": params.get("temperature", 0.0), "top_p": params.get("top_p", 1.0),
                      "do_sample": params.get("do_sample", False), "max_new_tokens": params["max_new_tokens"]}
         body = openai_chat_request(messages, oa_params, model=target.model, stream=stream)
+        if params.get("ignore_eos"):
+            # vLLM/SGLang/amlft take ignore_eos; min_tokens (vLLM) is sent unless the target refused it
+            body["ignore_eos"] = True
+            if params.get("min_tokens", True):
+                body["min_tokens"] = params["max_new_tokens"]
         if stream:
             # Ask for a final usage chunk so token counts are measured, not estimated.
             body["stream_options"] = {"include_usage": True}
             headers["Accept"] = "text/event-stream"
         return openai_url(target.url), headers, body
-    return target.url, headers, build_azureml_request(messages, params, nested=True)
+    az_params = {k: v for k, v in params.items() if k != "min_tokens"}
+    return target.url, headers, build_azureml_request(messages, az_params, nested=True)
 
 
 def send(session: Any, target: Target, messages: list[dict[str, Any]], params: dict[str, Any],
@@ -92,9 +116,9 @@ def _send(session: Any, target: Target, messages: list[dict[str, Any]], params: 
         status = resp.status_code
         try:
             if status >= 400:
-                from amlft.scoring_errors import explain, kind_of
+                from amlft.scoring_errors import explain
 
-                raise _Failure(kind_of(status), f"{_error_message(resp)} - {explain(status, resp.headers)}", status)
+                raise _Failure(http_error_kind(status), f"{_error_message(resp)} - {explain(status, resp.headers)}", status)
             ctype = resp.headers.get("Content-Type", "")
             if stream and "text/event-stream" in ctype:
                 text, ttft, usage = _read_sse(resp, t0, timeout)
@@ -138,6 +162,7 @@ def _read_sse(resp: Any, t0: float, timeout: float) -> tuple[str, float | None, 
     usage: dict[str, Any] | None = None
     buf = b""
     done = False
+    finished = False  # some choice carried a finish_reason
     while not done:
         if time.perf_counter() - t0 > timeout:
             raise _Failure("timeout", f"stream still running after {timeout:g}s")
@@ -155,6 +180,7 @@ def _read_sse(resp: Any, t0: float, timeout: float) -> tuple[str, float | None, 
                 break
             if isinstance(event, dict) and event.get("error"):
                 raise _Failure("stream_error", _short(json.dumps(event["error"])))
+            finished = finished or stream_finish_reason(event) is not None
             delta = stream_delta_text(event)
             if delta:
                 if ttft is None:
@@ -163,7 +189,11 @@ def _read_sse(resp: Any, t0: float, timeout: float) -> tuple[str, float | None, 
             if isinstance(event, dict) and isinstance(event.get("usage"), dict):
                 usage = event["usage"]
     if not done and not parts:
-        raise _Failure("bad_response", "event stream ended without any content")
+        raise _Failure("truncated_stream", "event stream ended without any content or [DONE]")
+    if not done:
+        raise _Failure("truncated_stream", f"event stream cut off before [DONE] after {len(parts)} chunk(s)")
+    if not finished:
+        raise _Failure("truncated_stream", "event stream ended ([DONE]) without a finish_reason")
     return "".join(parts), ttft, usage
 
 
@@ -194,6 +224,17 @@ def stream_delta_text(event: Any) -> str:
     delta = choices[0].get("delta") or {}
     content = delta.get("content") if isinstance(delta, dict) else None
     return content if isinstance(content, str) else ""
+
+
+def stream_finish_reason(event: Any) -> str | None:
+    """The finish_reason of a chunk's first choice ("stop", "length", ...), or None."""
+    if not isinstance(event, dict):
+        return None
+    choices = event.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        return None
+    reason = choices[0].get("finish_reason")
+    return reason if isinstance(reason, str) and reason else None
 
 
 def _parse_json_reply(contract: str, payload_bytes: bytes) -> tuple[str, dict[str, Any] | None]:

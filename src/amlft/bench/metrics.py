@@ -1,30 +1,25 @@
 """Summary numbers from raw request timings, plus output-token counting.
 
-Percentiles use linear interpolation between order statistics (numpy's default), so
-they are monotone in q: p50 <= p95 <= p99 <= max always holds.
-Throughput is counted over the level's wall time (first request sent to last answer in).
+Percentiles come from `amlft.percentiles` (the one definition shared with the data report
+and the benchmark scripts: linear interpolation, monotone in q, so p50 <= p95 <= p99 <= max).
+Throughput is counted over the level's wall time (first request sent to last answer in);
+the headline rate is successful requests per second - failures are their own column.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from amlft.percentiles import percentile
+
 CHARS_PER_TOKEN = 4.0
-TOKEN_SOURCES = ("usage", "tokenizer", "estimate")
 ESTIMATE_NOTE = f"estimated at {CHARS_PER_TOKEN:g} characters per token (no usage in the answers, no --tokenizer)"
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+__all__ = ["TokenCounter", "percentile", "summarize"]
 
 
 def mean(values: Sequence[float]) -> float | None:
@@ -49,6 +44,7 @@ def summarize(rows: Sequence[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "wall_s": wall_s,
         "requests_per_s": len(rows) / wall,
         "successes_per_s": len(ok) / wall,
+        "errors_per_s": (len(rows) - len(ok)) / wall,
         "output_tokens": out_tokens,
         "output_tokens_per_s": out_tokens / wall,
         "tokens_source": token_source_label(sources),

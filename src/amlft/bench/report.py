@@ -17,7 +17,7 @@ from typing import Any
 from amlft.bench.metrics import ESTIMATE_NOTE, is_estimated
 
 CSV_COLUMNS = ["target", "status", "contract", "model", "concurrency", "requests", "successes", "errors",
-               "errors_by_kind", "wall_s", "requests_per_s", "successes_per_s", "output_tokens",
+               "errors_by_kind", "wall_s", "successes_per_s", "errors_per_s", "requests_per_s", "output_tokens",
                "output_tokens_per_s", "tokens_source", "latency_mean_s", "latency_p50_s", "latency_p95_s",
                "latency_p99_s", "latency_max_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "reason"]
 LATENCY_PNG = "latency.png"
@@ -213,11 +213,12 @@ def render_markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
               f"- per-request timeout {s['timeout_s']:g} s; streaming {'requested (OpenAI contract)' if s['stream'] else 'off'}",
               f"- output tokens: {_token_sources(targets)}", ""]
     levels = sorted({lv["concurrency"] for t in targets for lv in t["levels"]})
-    lines += ["## Results", "", "Latencies in milliseconds over successful requests; throughput over each level's "
+    lines += ["## Results", "", "Latencies in milliseconds over successful requests; throughput (ok/s: successful "
+              "requests per second, failures counted in their own column) over each level's "
               "wall time (first request sent to last answer received).", ""]
     for c in levels:
         lines += [f"### Concurrency {c}", "",
-                  "| target | requests | ok | errors | req/s | output tok/s | mean | p50 | p95 | p99 | max | TTFT p50 | TPOT p50 |",
+                  "| target | requests | ok | errors | ok/s | output tok/s | mean | p50 | p95 | p99 | max | TTFT p50 | TPOT p50 |",
                   "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for t in targets:
             for lv in t["levels"]:
@@ -227,7 +228,7 @@ def render_markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
                 errs = str(m["errors"]) + (" (" + ", ".join(f"{k} {v}" for k, v in m["errors_by_kind"].items()) + ")"
                                            if m["errors"] else "")
                 lines.append(f"| {_cell(t['target']['name'])} | {m['requests']} | {m['successes']} | {errs} "
-                             f"| {m['requests_per_s']:.2f} | {_tok(m['output_tokens_per_s'], m['tokens_source'])} "
+                             f"| {m['successes_per_s']:.2f} | {_tok(m['output_tokens_per_s'], m['tokens_source'])} "
                              f"| {_ms(m['latency_mean_s'])} | {_ms(m['latency_p50_s'])} | {_ms(m['latency_p95_s'])} "
                              f"| {_ms(m['latency_p99_s'])} | {_ms(m['latency_max_s'])} | {_ms(m['ttft_p50_s'])} "
                              f"| {_ms(m['tpot_p50_s'])} |")

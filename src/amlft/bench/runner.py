@@ -32,11 +32,12 @@ class Settings:
     max_new_tokens: int = 128
     temperature: float = 0.0
     stream: bool = True
+    ignore_eos: bool = False  # --ignore-eos: every answer runs to max_new_tokens
 
     def describe(self) -> dict[str, Any]:
         return {"concurrency": self.concurrency, "requests_per_level": self.requests, "duration_s": self.duration_s,
                 "warmup": self.warmup, "timeout_s": self.timeout_s, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "stream": self.stream}
+                "temperature": self.temperature, "stream": self.stream, "ignore_eos": self.ignore_eos}
 
 
 @dataclass
@@ -81,7 +82,14 @@ def bench_target(target: Target, workload: Workload, settings: Settings, *, cons
     """Warmup, then each concurrency level. Ctrl-C (sets `stop`) keeps what was measured so far."""
     stop = stop or threading.Event()
     result = TargetResult(target.describe(), record=record)
-    params = client.generation_parameters(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
+    params = client.generation_parameters(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                          ignore_eos=settings.ignore_eos)
+    if settings.ignore_eos:
+        refused = _probe_length_fields(target, workload, settings, params, console=console)
+        if refused:
+            result.status, result.reason = "failed", refused
+            console.warn(f"target {target.name}: {refused}")
+            return result
     if settings.warmup:
         result.warmup, _ = _run_level(target, workload, settings, params, concurrency=1, limit=settings.warmup,
                                       deadline_s=None, counter=counter, on_done=None, stop=stop)
@@ -95,8 +103,7 @@ def bench_target(target: Target, workload: Workload, settings: Settings, *, cons
             return result
     # Progress counts requests, or seconds when only --duration bounds the levels.
     by_time = settings.requests is None
-    total = (settings.duration_s or 0) * len(settings.concurrency) if by_time else \
-        settings.requests * len(settings.concurrency)
+    total = ((settings.duration_s or 0) if by_time else (settings.requests or 0)) * len(settings.concurrency)
     with console.progress(f"{target.name}", total=total, unit="s" if by_time else "requests") as bar:
         lock = threading.Lock()
         done = {"n": 0, "errors": 0, "levels_done": 0, "level_t0": time.perf_counter()}
@@ -125,6 +132,8 @@ def bench_target(target: Target, workload: Workload, settings: Settings, *, cons
                 result.status = "interrupted"
                 result.reason = f"interrupted at concurrency {level}; the numbers cover what finished before"
                 return result
+    if settings.ignore_eos:
+        _warn_short_outputs(target, result, settings, console)
     ok = sum(lv["summary"]["successes"] for lv in result.levels)
     errs = sum(lv["summary"]["errors"] for lv in result.levels)
     if ok == 0:
@@ -133,6 +142,40 @@ def bench_target(target: Target, workload: Workload, settings: Settings, *, cons
     elif errs:
         result.status, result.reason = "errors", f"{errs} of {ok + errs} requests failed"
     return result
+
+
+def _probe_length_fields(target: Target, workload: Workload, settings: Settings, params: dict[str, Any], *,
+                         console: Console) -> str | None:
+    """--ignore-eos: one request to learn which length fields the target accepts.
+
+    Servers that refuse unknown fields (amlft's own, strict OpenAI proxies) answer 400 naming
+    the field: `min_tokens` is then dropped for this target (`ignore_eos` alone still fixes the
+    length); a refused `ignore_eos` fails the target, since its lengths would not be comparable.
+    Returns why the target cannot honour --ignore-eos, or None."""
+    import requests
+
+    with requests.Session() as session:
+        out = client.send(session, target, workload.messages(0), params, timeout=settings.timeout_s,
+                          stream=settings.stream)
+    if out.ok or out.status != 400:
+        return None  # accepted, or an error the warmup/levels will count and report
+    message = out.error or ""
+    if "min_tokens" in message:
+        params["min_tokens"] = False
+        console.info(f"target {target.name}: does not accept min_tokens; sending ignore_eos only")
+        return None
+    if "ignore_eos" in message:
+        return f"--ignore-eos: the target refuses ignore_eos ({message})"
+    return None
+
+
+def _warn_short_outputs(target: Target, result: TargetResult, settings: Settings, console: Console) -> None:
+    """With --ignore-eos every counted answer should be max_new_tokens long; say so when not."""
+    rows = [r for lv in result.levels for r in lv["requests"] if r["ok"] and r["tokens_source"] != "estimate"]
+    short = [r for r in rows if (r["output_tokens"] or 0) < settings.max_new_tokens]
+    if short:
+        console.warn(f"target {target.name}: {len(short)} of {len(rows)} answers are shorter than "
+                     f"--max-new-tokens {settings.max_new_tokens} despite --ignore-eos: it may not honour it")
 
 
 def _run_level(target: Target, workload: Workload, settings: Settings, params: dict[str, Any], *, concurrency: int,

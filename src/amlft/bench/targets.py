@@ -20,8 +20,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from amlft.console import Console
 from amlft.errors import ConfigError
 
-CONTRACTS = ("azureml", "openai")
-
 
 class TargetSpec(BaseModel):
     """One entry of a --targets file (or the equivalent flags)."""

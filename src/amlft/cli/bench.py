@@ -47,6 +47,9 @@ def _concurrency(value: str) -> list[int]:
               help="Per-request timeout; a timed-out request counts as an error of kind 'timeout'.")
 @click.option("--stream/--no-stream", default=True, show_default=True,
               help="Stream OpenAI-contract answers to measure time to first token and time per output token.")
+@click.option("--ignore-eos", is_flag=True,
+              help="Force every answer to --max-new-tokens tokens (sends ignore_eos, and min_tokens where the "
+                   "target accepts it), so runs across engines and commits compare like for like.")
 @click.option("--tokenizer", metavar="MODEL_DIR",
               help="Count output tokens with this tokenizer when answers carry no usage (else they are estimated).")
 @click.option("--out", "out_dir", metavar="DIR",
@@ -55,7 +58,7 @@ def _concurrency(value: str) -> list[int]:
 def bench_cmd(run_id: str | None, base_url: str | None, api_key_env: str | None, contract: str | None,
               model: str | None, targets_file: str | None, prompts: str | None, max_new_tokens: int,
               temperature: float, warmup: int, n_requests: int | None, concurrency: str, duration: float | None,
-              timeout: float, stream: bool, tokenizer: str | None, out_dir: str | None, json_mode: bool) -> None:
+              timeout: float, stream: bool, ignore_eos: bool, tokenizer: str | None, out_dir: str | None, json_mode: bool) -> None:
     """Benchmark endpoint latency and throughput; writes report.md, results.csv/json and charts.
 
     \b
@@ -78,6 +81,6 @@ def bench_cmd(run_id: str | None, base_url: str | None, api_key_env: str | None,
     settings = Settings(concurrency=_concurrency(concurrency),
                         requests=n_requests if n_requests or duration else 20, duration_s=duration,
                         warmup=warmup, timeout_s=timeout, max_new_tokens=max_new_tokens, temperature=temperature,
-                        stream=stream)
+                        stream=stream, ignore_eos=ignore_eos)
     benchmark(specs, settings, console=console, prompts=prompts, out_dir=out_dir, tokenizer=tokenizer)
     finish(console)

@@ -113,43 +113,61 @@ def to_chat(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any] | None, list[
     if fmt in ("ultrachat", "openai"):
         if "messages" not in row:
             return None, [RowProblem("messages_missing", "messages")]
-        out = dict(row)
+        out: dict[str, Any] | None = dict(row)
+        problems: list[RowProblem] = []
     elif fmt == "alpaca":
-        problems = [RowProblem("field_missing", f, "alpaca")
-                    for f in ("instruction", "output") if not isinstance(row.get(f), str)]
-        extra = row.get("input")
-        if extra is not None and not isinstance(extra, str):
-            problems.append(RowProblem("field_missing", "input", "alpaca: not a string"))
-        if problems:
-            return None, problems
-        user = row["instruction"] if not extra or extra.isspace() else f"{row['instruction']}\n\n{extra}"
-        messages = []
-        if isinstance(row.get("system"), str) and row["system"].strip():
-            messages.append({"role": "system", "content": row["system"]})
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-        out = {k: v for k, v in row.items() if k not in ("instruction", "input", "output", "system")}
-        out["messages"] = messages
+        out, problems = _from_alpaca(row)
     elif fmt == "sharegpt":
-        conv = row.get("conversations")
-        if conv is None:
-            return None, [RowProblem("messages_missing", "conversations")]
-        if not isinstance(conv, list):
-            return None, [RowProblem("messages_not_list", "conversations", type(conv).__name__)]
-        messages = []
-        for turn in conv:
-            if not isinstance(turn, dict):
-                messages.append(turn)  # reported by the rules as message_not_object
-                continue
-            msg = {k: v for k, v in turn.items() if k not in ("from", "value")}
-            speaker = turn.get("from")
-            msg["role"] = SHAREGPT_ROLES.get(speaker, speaker) if isinstance(speaker, str) else speaker
-            msg["content"] = turn.get("value")
-            messages.append(msg)
-        out = {k: v for k, v in row.items() if k != "conversations"}
-        out["messages"] = messages
+        out, problems = _from_sharegpt(row)
     else:  # pragma: no cover - guarded by the CLI choices
         raise ValueError(f"unknown format {fmt!r}")
-    # the target schema, in the order the reference data uses
+    if out is None:
+        return None, problems
+    return _ordered(out), []
+
+
+def _from_alpaca(row: dict[str, Any]) -> tuple[dict[str, Any] | None, list[RowProblem]]:
+    """instruction (+ input) -> user, output -> assistant, optional system first."""
+    problems = [RowProblem("field_missing", f, "alpaca") for f in ("instruction", "output") if not isinstance(row.get(f), str)]
+    extra = row.get("input")
+    if extra is not None and not isinstance(extra, str):
+        problems.append(RowProblem("field_missing", "input", "alpaca: not a string"))
+    if problems:
+        return None, problems
+    user = row["instruction"] if not extra or extra.isspace() else f"{row['instruction']}\n\n{extra}"
+    messages = []
+    if isinstance(row.get("system"), str) and row["system"].strip():
+        messages.append({"role": "system", "content": row["system"]})
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    out = {k: v for k, v in row.items() if k not in ("instruction", "input", "output", "system")}
+    out["messages"] = messages
+    return out, []
+
+
+def _from_sharegpt(row: dict[str, Any]) -> tuple[dict[str, Any] | None, list[RowProblem]]:
+    """conversations [{from, value}] -> messages [{role, content}] (other keys kept)."""
+    conv = row.get("conversations")
+    if conv is None:
+        return None, [RowProblem("messages_missing", "conversations")]
+    if not isinstance(conv, list):
+        return None, [RowProblem("messages_not_list", "conversations", type(conv).__name__)]
+    messages = []
+    for turn in conv:
+        if not isinstance(turn, dict):
+            messages.append(turn)  # reported by the rules as message_not_object
+            continue
+        msg = {k: v for k, v in turn.items() if k not in ("from", "value")}
+        speaker = turn.get("from")
+        msg["role"] = SHAREGPT_ROLES.get(speaker, speaker) if isinstance(speaker, str) else speaker
+        msg["content"] = turn.get("value")
+        messages.append(msg)
+    out = {k: v for k, v in row.items() if k != "conversations"}
+    out["messages"] = messages
+    return out, []
+
+
+def _ordered(out: dict[str, Any]) -> dict[str, Any]:
+    """The target schema, in the order the reference data uses: prompt, prompt_id, messages, rest."""
     prompt = out.get("prompt")
     if not isinstance(prompt, str):
         prompt = _first_user(out["messages"])
@@ -163,7 +181,7 @@ def to_chat(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any] | None, list[
     for k, v in out.items():
         if k not in ordered:
             ordered[k] = v
-    return ordered, []
+    return ordered
 
 
 def strip_null_message_keys(messages: Any) -> Any:

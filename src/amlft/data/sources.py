@@ -24,7 +24,6 @@ from typing import Any
 
 from amlft.errors import DataError, require
 
-DEFAULT_HUB_DATASET = "HuggingFaceH4/ultrachat_200k"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}$")

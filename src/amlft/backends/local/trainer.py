@@ -84,7 +84,7 @@ class TrainConfig:
     eval_prompts: int = 24             # held-out prompts scored (exact match) before and after
     eval_max_new_tokens: int = 32
     general_questions: bool = False    # also score shipped general questions (forgetting check; real models)
-    threads: int | None = None         # torch intra-op threads; None: torch's default
+    threads: int | None = None         # torch intra-op threads; None: the idle cores on CPU (idle_cores)
     trust_remote_code: bool = False
 
     def save(self) -> Path:
@@ -442,11 +442,12 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
     ckpt_root = train_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     status = Status(train_dir, log)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device, dtype = pick_device(cfg.device)
+    threads = cfg.threads or (idle_cores() if device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device, dtype = pick_device(cfg.device)
 
     # model and data
     status("loading the model", detail=cfg.model, log=True)
@@ -541,6 +542,41 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
             "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "checkpoint_dir": str(ckpt_root)}
 
 
+def idle_cores() -> int:
+    """CPU threads for training: the cores other processes leave idle (at least 1).
+
+    Why: torch's default is one intra-op thread per core, and its OpenMP threads spin while
+    they wait for each other; on a shared machine where other processes hold the cores,
+    that spinning slows a step several-fold (measured 7-15x on 2 cores at load 8). Our own
+    process counts for one in the load average, hence the + 1."""
+    cores = os.cpu_count() or 1
+    busy = max(0.0, os.getloadavg()[0] - 1.0)
+    return max(1, min(cores, round(cores - busy)))
+
+
+def label_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The mean next-token loss over label positions, with the LM head applied only there.
+
+    Same value as `model(**batch).loss`, but the vocabulary projection and softmax (a fifth or
+    more of a small model's compute) skip the prompt, system and padding positions, whose
+    logits that loss computes and throws away (71% of the tokens of the benchmark's chat data).
+    Models that post-process logits (soft-capping, scaling) or hide their decoder take the
+    plain path."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    plain = (not hasattr(base, "get_decoder") or base.get_output_embeddings() is None
+             or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+    if plain:
+        return model(**batch).loss
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
 def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
                 examples: list[tuple[list[int], list[int]]], plan: list[list[int]], cfg: TrainConfig, *,
                 pad_id: int, device: str, history: list[dict[str, Any]], start_step: int, total_steps: int) -> int:
@@ -566,7 +602,7 @@ def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
             for batch in micro:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 n_lab = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                loss = model(**batch).loss * (n_lab / max(label_tokens, 1))  # token-weighted over the step
+                loss = label_loss(model, batch) * (n_lab / max(label_tokens, 1))  # token-weighted over the step
                 loss.backward()
                 step_loss += float(loss.detach())
                 step_tokens += int(batch["attention_mask"].sum())
