@@ -105,7 +105,9 @@ def test_wait_shows_every_leaf_and_names_the_failed_one(home, capsys):
         assert f"step {leaf}: " in out, leaf
     assert "step ft_nlp_model_converter: NotStarted" in out
     assert "failed in step chat_completion_finetune: UserError: CUDA out of memory" in out
-    assert "step chat_completion_finetune failed; its log:" in out and "torch.OutOfMemoryError" in out
+    # the cause and the fix first, the step's log tail after them
+    assert out.index("failed in step chat_completion_finetune") < out.index("torch.OutOfMemoryError")
+    assert "Its log tail follows" in out
     assert "left running: none" in out
 
 

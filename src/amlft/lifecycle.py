@@ -306,8 +306,9 @@ def run_all(ctx: StepContext, *, keep: bool = False, timeout: float | None = Non
     if interrupted_teardown:
         raise KeyboardInterrupt
     if isinstance(failed, WaitTimeout):
-        raise WaitTimeout(f"Training had not finished after --timeout {timeout:g}s, so this run was torn down: "
-                          f"{_stopped_text(torn)}.",
+        why = (f"Training had not finished after --timeout {timeout:g}s" if timeout is not None
+               else failed.message.rstrip("."))  # e.g. a job that stopped responding
+        raise WaitTimeout(f"{why}, so this run was torn down: {_stopped_text(torn)}.",
                           hint=f"Give it longer (--timeout), or start a new run; `amlft runs --show {rec.run_id}` "
                                "shows what was done.") from failed
     if failed is not None:
