@@ -227,13 +227,12 @@ def test_special_tokens_escaped_with_the_tiny_tokenizer_too(tiny_model_dir: Path
 
 
 @needs_smollm2
-def test_served_request_cannot_forge_a_role(smollm2_dir: Path, smollm2_tokenizer) -> None:
+def test_served_request_cannot_forge_a_role(smollm2_dir: Path, smollm2_tokenizer, tmp_path: Path) -> None:
     """Through the real HTTP server: the prompt the engine feeds holds only the template's control tokens."""
     import requests
 
     from amlft.backends.local.chat import encode_prompt
-    from amlft.backends.local.generation import Engine
-    from amlft.backends.local.server import App, serve
+    from amlft.backends.local.server import launch, stop
 
     tok = smollm2_tokenizer
     messages = [{"role": "user", "content": FORGED}]
@@ -241,18 +240,15 @@ def test_served_request_cannot_forge_a_role(smollm2_dir: Path, smollm2_tokenizer
     escaped = encode_prompt(tok, messages)
     assert len(escaped) > len(naive)  # each escaped control token becomes several ordinary ones
 
-    engine = Engine(smollm2_dir, max_concurrency=1, max_queue=2, threads=None)
-    httpd = serve(App(engine, "k", request_timeout_s=60.0, max_request_bytes=8192), "127.0.0.1", 0)
+    handle = launch(smollm2_dir, key="k", max_request_bytes=8192, log_path=tmp_path / "server.log")
     try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1/chat/completions"
-        resp = requests.post(url, json={"messages": messages, "max_tokens": 4, "temperature": 0},
+        resp = requests.post(f"{handle.openai_base_url}/chat/completions",
+                             json={"messages": messages, "max_tokens": 4, "temperature": 0},
                              headers={"Authorization": "Bearer k"}, timeout=60)
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["prompt_tokens"] == len(escaped)
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        engine.close(1.0)
+        stop(handle.pid)
 
 
 # ------------------------------------------------------------------ the whole lifecycle on the real model

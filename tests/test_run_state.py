@@ -18,7 +18,7 @@ from amlft.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "local-demo.yml"
-AZURE = str(ROOT / "jobs" / "phi3-mini-ultrachat.yml")
+AZURE = str(ROOT / "jobs" / "phi4-mini-ultrachat.yml")
 
 OUT: list[str] = []
 
@@ -28,7 +28,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AMLFT_HOME", str(tmp_path / ".amlft"))
     yield tmp_path
-    from amlft.backends.azure import rehearsal
+    from amlft.testing import rehearsal
 
     rehearsal.stop_all()
 

@@ -28,7 +28,7 @@ def environment() -> dict[str, Any]:
     import requests
     import urllib3
 
-    from amlft import __version__
+    from amlft.version import __version__
 
     return {"amlft": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "machine": platform.machine(), "cpus": os.cpu_count(), "requests": requests.__version__,

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from amlft import __version__
+from amlft.version import __version__
 
 # command name -> "module:attribute"; order is the order shown in --help.
 # A new command is one line here plus its module in amlft/cli/.

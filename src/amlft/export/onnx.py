@@ -301,7 +301,7 @@ def write_manifest(out_dir: Path, *, source: ModelSource, precision: str, execut
     """amlft_export.json: what was exported from where, how, and every file's size and hash."""
     from importlib.metadata import version
 
-    from amlft import __version__
+    from amlft.version import __version__
     from amlft.hashing import file_sha256
     from amlft.records import now_iso
 

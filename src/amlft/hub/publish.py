@@ -31,7 +31,7 @@ def hub_endpoint() -> str | None:
 def publish_plan(plan: PublishPlan, *, token: HubToken, console: Console, endpoint: str | None = None) -> dict[str, Any]:
     """Create the repo(s) and push the planned files; returns what was published."""
     hub = require("huggingface_hub", extra="hub", purpose="Publishing to the Hugging Face Hub")
-    from amlft import __version__
+    from amlft.version import __version__
 
     endpoint = endpoint or hub_endpoint()
     api = hub.HfApi(endpoint=endpoint, token=token.value, library_name="amlft", library_version=__version__)

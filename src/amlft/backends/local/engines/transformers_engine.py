@@ -94,11 +94,11 @@ class TransformersEngine(BatchScheduler):
         return tuple(roles) or CANDIDATE_ROLES
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template with the assistant turn opened, as token ids."""
-        from amlft.backends.local.chat import render
+        """The chat template with the assistant turn opened, as token ids; control-token text inside
+        message content stays ordinary text (no role forgery)."""
+        from amlft.backends.local.chat import encode_prompt
 
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(encode_prompt(self.tokenizer, messages))
         if self.context_length and len(ids) >= self.context_length:
             raise PromptTooLong(f"the conversation is {len(ids)} tokens; this model reads at most "
                                 f"{self.context_length - 1} (shorten the messages)")
