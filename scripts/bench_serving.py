@@ -3,10 +3,7 @@
     .venv/bin/python scripts/bench_serving.py                       # tiny model, logged to a temp MLflow store
     .venv/bin/python scripts/bench_serving.py --model-dir DIR \\
         --tracking-uri sqlite:///.amlft/mlflow.db --model-uri models:/NAME/1   # a registered model
-    .venv/bin/python scripts/bench_serving.py --servers amlft legacy   # new vs old amlft server only
-
-While the previous http.server implementation still exists (amlft.backends.local.server_legacy),
-it runs as a third server ("legacy") so the Starlette/uvicorn rewrite is compared in the same run.
+    .venv/bin/python scripts/bench_serving.py --servers amlft          # amlft's server alone
 
 For each server and each concurrency (1 and 8) it sends the same greedy chat requests (same
 prompts, same max tokens) from that many closed-loop clients, and reports latency p50/p95
@@ -14,7 +11,7 @@ and requests/s; the last line is the throughput ratio at the highest concurrency
 issue's target: >= 2x at 8). Both servers get the same number of torch threads.
 
 Why amlft is faster: concurrent requests are batched into one left-padded `generate`
-call (see amlft/backends/local/generation.py); mlflow's scoring server runs one pipeline
+call (see amlft/backends/local/engines/scheduler.py); mlflow's scoring server runs one pipeline
 call per request. Outputs are checked to be identical before anything is timed.
 """
 
@@ -43,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-SERVER_CHOICES = ("amlft", "legacy", "mlflow")
-NAMES = {"amlft": "amlft local", "legacy": "amlft local (legacy)", "mlflow": "mlflow models serve"}
+SERVER_CHOICES = ("amlft", "mlflow")
+NAMES = {"amlft": "amlft local", "mlflow": "mlflow models serve"}
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -152,7 +149,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for each server")
     ap.add_argument("--servers", nargs="+", choices=SERVER_CHOICES, default=list(SERVER_CHOICES),
-                    help="which servers to run (legacy only while amlft.backends.local.server_legacy exists)")
+                    help="which servers to run")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (model, MLflow store, server logs)")
     return ap.parse_args()
@@ -183,10 +180,8 @@ class Fleet:
         wait_ready(f"http://127.0.0.1:{self.mlflow_port}/ping", self.mlflow_proc, 300, log)
 
     def start_amlft(self, name: str) -> None:
-        import importlib
+        from amlft.backends.local import server as module
 
-        module = importlib.import_module("amlft.backends.local.server" if name == "amlft"
-                                         else "amlft.backends.local.server_legacy")
         print(f"starting {NAMES[name]} ...", file=sys.stderr)
         self.handles[NAMES[name]] = (module, module.launch(
             self.model_dir, key=self.key, max_concurrency=max(self.args.concurrency), max_queue=64,
@@ -288,7 +283,7 @@ def report(args: argparse.Namespace, model_dir: Path, results: dict[str, dict[in
             print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}"
                   f"{r['cpu_ms_per_req']:>12.1f}")
     top, new, ratios = max(args.concurrency), NAMES["amlft"], {}
-    for peer, label in ((NAMES["mlflow"], "target >= 2x"), (NAMES["legacy"], "new server vs old: keep or beat")):
+    for peer, label in ((NAMES["mlflow"], "target >= 2x"),):
         if new in results and peer in results:
             for c in args.concurrency:
                 ratios[f"{peer} @ {c}"] = results[new][c]["rps"] / results[peer][c]["rps"]
@@ -300,13 +295,8 @@ def report(args: argparse.Namespace, model_dir: Path, results: dict[str, dict[in
 
 
 def main() -> int:
-    import importlib.util
-
     args = parse_args()
     wanted = list(dict.fromkeys(args.servers))
-    if "legacy" in wanted and importlib.util.find_spec("amlft.backends.local.server_legacy") is None:
-        print("(the legacy server is gone: comparing without it)", file=sys.stderr)
-        wanted.remove("legacy")
     work = Path(tempfile.mkdtemp(prefix="amlft-bench-serving-"))
     model_dir = args.model_dir
     if model_dir is None:
@@ -322,9 +312,8 @@ def main() -> int:
                 print("logging it with mlflow.transformers ...", file=sys.stderr)
                 tracking, model_uri = log_to_mlflow(model_dir, work)
             fleet.start_mlflow(tracking, model_uri)
-        for name in ("amlft", "legacy"):
-            if name in wanted:
-                fleet.start_amlft(name)
+        if "amlft" in wanted:
+            fleet.start_amlft("amlft")
         results, same = measure(fleet, prompts(16))
     finally:
         fleet.stop()
