@@ -271,7 +271,7 @@ def test_smollm2_profile_end_to_end_learns_without_forgetting(smollm2_state: Pat
                               timeout=1500, cwd=Path(__file__).resolve().parents[1])
 
     run = amlft("run", "--profile", "jobs/local-smollm2.yml", "--set", "local.max_steps=6",
-                "--set", "local.eval_prompts=4", "--set", "local.save_steps=100")
+                "--set", "local.eval_prompts=4", "--set", "local.save_steps=100", "--set", "local.replay_prompts=8")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "converted earlier" in run.stdout + run.stderr  # the cached conversion, not a second one
     record = json.loads(max((home / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())

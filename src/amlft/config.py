@@ -152,6 +152,8 @@ class LocalConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     engine: Literal["transformers", "onnxruntime-genai"] = Field(
         "transformers", description="serving engine of `amlft deploy`; onnxruntime-genai serves an int4 export")
+    replay_prompts: int = Field(0, ge=0, description="general prompts the base model answers before fine-tuning, "
+                                                     "mixed into training so a real model does not forget how to chat")
 
 
 class Profile(_Strict):

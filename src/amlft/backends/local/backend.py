@@ -276,7 +276,8 @@ class LocalBackend:
                                eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
                                trust_remote_code=prof.model.trust_remote_code,
                                eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS,
-                               general_questions=prof.model.build != "tiny")  # the tiny model knows no facts
+                               general_questions=prof.model.build != "tiny",  # the tiny model knows no facts
+                               replay_prompts=prof.local.replay_prompts)
             spec.save()
         ckpt = latest_checkpoint(train_dir / "checkpoints")
         log_path = train_dir / "train.log"
