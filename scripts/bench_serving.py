@@ -3,10 +3,7 @@
     .venv/bin/python scripts/bench_serving.py                       # tiny model, logged to a temp MLflow store
     .venv/bin/python scripts/bench_serving.py --model-dir DIR \\
         --tracking-uri sqlite:///.amlft/mlflow.db --model-uri models:/NAME/1   # a registered model
-    .venv/bin/python scripts/bench_serving.py --servers amlft legacy   # new vs old amlft server only
-
-While the previous http.server implementation still exists (amlft.backends.local.server_legacy),
-it runs as a third server ("legacy") so the Starlette/uvicorn rewrite is compared in the same run.
+    .venv/bin/python scripts/bench_serving.py --servers amlft          # amlft's server alone
 
 For each server and each concurrency (1 and 8) it sends the same greedy chat requests (same
 prompts, same max tokens) from that many closed-loop clients, and reports latency p50/p95
@@ -14,7 +11,7 @@ and requests/s; the last line is the throughput ratio at the highest concurrency
 issue's target: >= 2x at 8). Both servers get the same number of torch threads.
 
 Why amlft is faster: concurrent requests are batched into one left-padded `generate`
-call (see amlft/backends/local/generation.py); mlflow's scoring server runs one pipeline
+call (see amlft/backends/local/engines/scheduler.py); mlflow's scoring server runs one pipeline
 call per request. Outputs are checked to be identical before anything is timed.
 """
 
@@ -44,8 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-SERVER_CHOICES = ("amlft", "legacy", "mlflow")
-NAMES = {"amlft": "amlft local", "legacy": "amlft local (legacy)", "mlflow": "mlflow models serve"}
+SERVER_CHOICES = ("amlft", "mlflow")
+NAMES = {"amlft": "amlft local", "mlflow": "mlflow models serve"}
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -53,6 +50,18 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
 
     rows = [json.loads(line) for line in (sample_chat_dir() / "test_sft.jsonl").read_text().splitlines() if line]
     return [[{"role": "user", "content": r["prompt"]}] for r in rows[:n]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process and its children (mlflow serves from a child)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    except psutil.Error:
+        return 0.0
 
 
 def free_port() -> int:
@@ -140,7 +149,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for each server")
     ap.add_argument("--servers", nargs="+", choices=SERVER_CHOICES, default=list(SERVER_CHOICES),
-                    help="which servers to run (legacy only while amlft.backends.local.server_legacy exists)")
+                    help="which servers to run")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (model, MLflow store, server logs)")
     return ap.parse_args()
@@ -171,10 +180,8 @@ class Fleet:
         wait_ready(f"http://127.0.0.1:{self.mlflow_port}/ping", self.mlflow_proc, 300, log)
 
     def start_amlft(self, name: str) -> None:
-        import importlib
+        from amlft.backends.local import server as module
 
-        module = importlib.import_module("amlft.backends.local.server" if name == "amlft"
-                                         else "amlft.backends.local.server_legacy")
         print(f"starting {NAMES[name]} ...", file=sys.stderr)
         self.handles[NAMES[name]] = (module, module.launch(
             self.model_dir, key=self.key, max_concurrency=max(self.args.concurrency), max_queue=64,
@@ -207,12 +214,17 @@ class Fleet:
             servers[name] = amlft_sender(handle)
         return servers
 
-    def stats(self, name: str) -> dict[str, int]:
-        """Batching counters of an amlft server (zeros for mlflow, which has none)."""
-        if name not in self.handles:
-            return {"batched_rows": 0, "batches": 0}
-        port = self.handles[name][1].port
-        return dict(requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["stats"])
+    def stats(self, name: str) -> dict[str, float]:
+        """Batching counters of an amlft server (zeros for mlflow, which has none), and the CPU
+        seconds the server's processes have used: on a shared machine, CPU per request is the
+        comparison that the other jobs' load disturbs least."""
+        out: dict[str, float] = {"batched_rows": 0, "batches": 0}
+        pid = self.mlflow_proc.pid if self.mlflow_proc is not None else None
+        if name in self.handles:
+            port, pid = self.handles[name][1].port, self.handles[name][1].pid
+            out.update(requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["stats"])
+        out["cpu_s"] = cpu_seconds(pid) if pid else 0.0
+        return out
 
     def stop(self) -> None:
         for module, handle in self.handles.values():
@@ -238,7 +250,7 @@ def measure(fleet: Fleet, chats: list[list[dict[str, str]]]) -> tuple[dict[str, 
     print(f"identical greedy outputs on {same}/4 warm-up prompts across {', '.join(outputs)}", file=sys.stderr)
     # Cells are interleaved (every server at one concurrency, then again, ...) so that a change in
     # the machine's load during the run (it may be shared) hits all servers alike.
-    raw: dict[tuple[str, int], tuple[list[float], float, int, int]] = {}
+    raw: dict[tuple[str, int], tuple[list[float], float, float, float, float]] = {}
     for c in args.concurrency:
         for rnd in range(args.rounds):
             for name, send in servers.items():
@@ -246,13 +258,15 @@ def measure(fleet: Fleet, chats: list[list[dict[str, str]]]) -> tuple[dict[str, 
                 before = fleet.stats(name)
                 lat, wall = run_load(send, chats, c, args.requests // args.rounds)
                 after = fleet.stats(name)
-                prev = raw.get((name, c), ([], 0.0, 0, 0))
+                prev = raw.get((name, c), ([], 0.0, 0, 0, 0.0))
                 raw[(name, c)] = (prev[0] + lat, prev[1] + wall,
                                   prev[2] + after["batched_rows"] - before["batched_rows"],
-                                  prev[3] + after["batches"] - before["batches"])
+                                  prev[3] + after["batches"] - before["batches"],
+                                  prev[4] + after["cpu_s"] - before["cpu_s"])
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for (name, c), (lat, wall, rows, batches) in raw.items():
+    for (name, c), (lat, wall, rows, batches, cpu) in raw.items():
         results.setdefault(name, {})[c] = summarize(lat, wall)
+        results[name][c]["cpu_ms_per_req"] = cpu * 1000 / max(1, len(lat))
         if name in fleet.handles:
             results[name][c]["mean_batch"] = rows / max(1, batches)
     return results, same
@@ -262,13 +276,14 @@ def report(args: argparse.Namespace, model_dir: Path, results: dict[str, dict[in
            same: int) -> None:
     print(f"\nmodel {model_dir} | max_tokens {args.max_tokens} | {args.requests} requests per cell | "
           f"torch threads {args.threads} | {os.cpu_count()} CPUs | load avg {os.getloadavg()[0]:.1f}")
-    print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'mean batch':>12}")
+    print(f"{'server':<22}{'conc':>5}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'mean batch':>12}{'CPU ms/req':>12}")
     for name, by_c in results.items():
         for c, r in by_c.items():
             batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-"
-            print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}")
+            print(f"{name:<22}{c:>5}{r['p50_ms']:>10.0f}{r['p95_ms']:>10.0f}{r['rps']:>9.2f}{batch:>12}"
+                  f"{r['cpu_ms_per_req']:>12.1f}")
     top, new, ratios = max(args.concurrency), NAMES["amlft"], {}
-    for peer, label in ((NAMES["mlflow"], "target >= 2x"), (NAMES["legacy"], "new server vs old: keep or beat")):
+    for peer, label in ((NAMES["mlflow"], "target >= 2x"),):
         if new in results and peer in results:
             for c in args.concurrency:
                 ratios[f"{peer} @ {c}"] = results[new][c]["rps"] / results[peer][c]["rps"]
@@ -280,13 +295,8 @@ def report(args: argparse.Namespace, model_dir: Path, results: dict[str, dict[in
 
 
 def main() -> int:
-    import importlib.util
-
     args = parse_args()
     wanted = list(dict.fromkeys(args.servers))
-    if "legacy" in wanted and importlib.util.find_spec("amlft.backends.local.server_legacy") is None:
-        print("(the legacy server is gone: comparing without it)", file=sys.stderr)
-        wanted.remove("legacy")
     work = Path(tempfile.mkdtemp(prefix="amlft-bench-serving-"))
     model_dir = args.model_dir
     if model_dir is None:
@@ -302,9 +312,8 @@ def main() -> int:
                 print("logging it with mlflow.transformers ...", file=sys.stderr)
                 tracking, model_uri = log_to_mlflow(model_dir, work)
             fleet.start_mlflow(tracking, model_uri)
-        for name in ("amlft", "legacy"):
-            if name in wanted:
-                fleet.start_amlft(name)
+        if "amlft" in wanted:
+            fleet.start_amlft("amlft")
         results, same = measure(fleet, prompts(16))
     finally:
         fleet.stop()

@@ -172,6 +172,26 @@ def test_ready_and_content_parts_joined_in_order(base: str) -> None:
     assert as_parts.json()["choices"][0]["message"] == as_text.json()["choices"][0]["message"]
 
 
+@pytest.mark.slow
+def test_health_answers_while_loading_and_ready_only_once_loaded(engine: Any) -> None:
+    from amlft.backends.local.server import InProcessServer
+
+    srv = InProcessServer(None, KEY)  # as the process is while the model loads
+    try:
+        assert requests.get(f"{srv.url}/health", timeout=5).json()["status"] == "loading"
+        ready = requests.get(f"{srv.url}/ready", timeout=5)
+        assert ready.status_code == 503 and ready.headers["Retry-After"] and ready.json()["status"] == "loading"
+        early = requests.post(f"{srv.url}/score", json=build_azureml_request(CHATS[0], GREEDY), headers=_auth(),
+                              timeout=5)
+        assert early.status_code == 503 and "loading" in early.json()["error"]["message"]
+        srv.state.engine, srv.state.model_name = engine, engine.model_name
+        assert requests.get(f"{srv.url}/ready", timeout=5).status_code == 200
+        assert requests.post(f"{srv.url}/score", json=build_azureml_request(CHATS[0], dict(GREEDY, max_new_tokens=2)),
+                             headers=_auth(), timeout=30).status_code == 200
+    finally:
+        srv.close()
+
+
 def _chat(base: str, messages: list[dict[str, Any]], **fields: Any) -> requests.Response:
     return requests.post(f"{base}/v1/chat/completions", headers=_auth(), timeout=30,
                          json={"messages": messages, "temperature": 0, **fields})

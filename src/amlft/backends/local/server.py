@@ -190,7 +190,7 @@ class Settings:
     read_timeout_s: float = 30.0  # the whole body must arrive within this (408)
     keep_alive_s: float = 15.0  # an idle connection (also one that never sends a request) is closed
     max_connections: int = 256  # open connections; beyond, a new one gets 503 + Retry-After
-    drain_s: float = 10.0  # on SIGTERM, time in-flight requests get to finish
+    drain_s: float = 5.0  # on SIGTERM, time in-flight requests get to finish (stop() waits 10 s)
     retry_after_s: int = 1
 
 
@@ -350,23 +350,33 @@ def check(state: State, req: GenRequest) -> None:
     raise ApiError(500, req.error, kind="server_error")
 
 
-async def wait_job(state: State, request: Request, job: Job) -> GenRequest:
-    """Wait for the result; a timeout or a client that hangs up cancels the generation at once."""
-    engine = state.ready_engine()
+async def race_disconnect(request: Request, awaitable: Awaitable[Any], timeout: float) -> tuple[Any, str | None]:
+    """(result, None) once awaitable is done; (None, "cancelled") if the client hangs up first,
+    (None, "timeout") if timeout passes first."""
 
     async def hung_up() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    finished = asyncio.ensure_future(job.finished.wait())
-    gone = asyncio.ensure_future(hung_up())
+    main, gone = asyncio.ensure_future(awaitable), asyncio.ensure_future(hung_up())
     try:
-        await asyncio.wait({finished, gone}, timeout=job.left(), return_when=asyncio.FIRST_COMPLETED)
-        if not finished.done():
-            engine.cancel(job.req, "cancelled" if gone.done() else "timeout")
+        await asyncio.wait({main, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if main.done():
+            return main.result(), None
+        return None, "cancelled" if gone.done() else "timeout"
     finally:
-        for task in (finished, gone):
-            task.cancel()
+        main.cancel()
+        gone.cancel()
+
+
+async def wait_job(state: State, request: Request, job: Job) -> GenRequest:
+    """Wait for the result; a timeout or a client that hangs up cancels the generation at once."""
+    engine = state.ready_engine()
+    try:
+        _, failure = await race_disconnect(request, job.finished.wait(), job.left())
+        if failure is not None:
+            engine.cancel(job.req, failure)
+    finally:
         if not job.req.done.is_set():  # this handler was cancelled (server stopping past its drain)
             engine.cancel(job.req, "shutdown")
     check(state, job.req)
@@ -448,7 +458,7 @@ def make_routes(state: State) -> list[Any]:
         job = await start_job(state, messages, params, stream=bool(body.stream))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await stream_response(state, job, meta, include_usage=include_usage)
+            return await stream_response(state, request, job, meta, include_usage=include_usage)
         req = await wait_job(state, request, job)
         return _json({**meta, "object": "chat.completion",
                       "choices": [{"index": 0, "message": {"role": "assistant", "content": req.text},
@@ -459,7 +469,8 @@ def make_routes(state: State) -> list[Any]:
             Route("/v1/chat/completions", chat, methods=["POST"])]
 
 
-async def stream_response(state: State, job: Job, meta: dict[str, Any], *, include_usage: bool) -> Response:
+async def stream_response(state: State, request: Request, job: Job, meta: dict[str, Any], *,
+                          include_usage: bool) -> Response:
     """SSE: `data: {chunk}` events, then `data: [DONE]`. Until the first text arrives a failure is
     still a proper status code; after that it is an error event. A client that disconnects makes
     Starlette cancel this generator, which cancels the generation at once."""
@@ -468,14 +479,13 @@ async def stream_response(state: State, job: Job, meta: dict[str, Any], *, inclu
     engine = state.ready_engine()
     assert job.deltas is not None
     deltas = job.deltas
-    try:
-        first = await asyncio.wait_for(deltas.get(), timeout=job.left())
-    except asyncio.TimeoutError:
-        engine.cancel(job.req, "timeout")
-        first = None
+    try:  # a request still queued when its client leaves gives its place back at once, too
+        first, failure = await race_disconnect(request, deltas.get(), job.left())
     except BaseException:
         engine.cancel(job.req, "cancelled")
         raise
+    if failure is not None:
+        engine.cancel(job.req, failure)
     if first is None:
         check(state, job.req)  # nothing streamed yet: a proper status code is still possible
 
@@ -639,10 +649,12 @@ def bind(host: str, port: int) -> socket.socket:
 class InProcessServer:
     """The server in a background thread of this process (tests, benchmarks): `.url`, `.close()`."""
 
-    def __init__(self, engine: GenerationEngine, key: str, settings: Settings | None = None,
+    def __init__(self, engine: GenerationEngine | None, key: str, settings: Settings | None = None,
                  host: str = "127.0.0.1") -> None:
+        """engine None: serving as while the model loads (/ready 503) until `state.engine` is set."""
         self.settings = settings or Settings()
-        self.state = State(key=key.encode(), settings=self.settings, engine=engine, model_name=engine.model_name)
+        self.state = State(key=key.encode(), settings=self.settings, engine=engine,
+                           model_name=engine.model_name if engine is not None else None)
         self.server = uvicorn_server(create_app(self.state), self.settings)
         sock = bind(host, 0)
         self.port = int(sock.getsockname()[1])
