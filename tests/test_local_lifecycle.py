@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from amlft.errors import TrainingError
-
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 

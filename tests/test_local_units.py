@@ -184,3 +184,30 @@ def test_hub_model_without_network_fails_with_what_to_do() -> None:
     assert "model.path" in (err.value.hint or "") and "model.build: tiny" in (err.value.hint or "")
     # check still sizes well-known models offline
     assert count_parameters("microsoft/Phi-3-mini-4k-instruct") == (3_821_000_000, "known model table")
+
+
+def test_replay_rows_are_the_base_models_finished_answers_and_are_kept_for_a_resume(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from amlft.backends.local import trainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [[{"role": "user", "content": "Classify this item: banana"}]] * 3
+    cut = trainer.generate_answers(model, tok, prompts, device="cpu", max_new_tokens=1, finished_only=True)
+    full = trainer.generate_answers(model, tok, prompts, device="cpu", max_new_tokens=1)
+    assert all(a == "" for a, f in zip(cut, full, strict=True) if f)  # an answer cut at the limit is not kept
+
+    monkeypatch.setattr(trainer, "REPLAY_MAX_NEW_TOKENS", 4)
+    seen: list[str] = []
+    rows = trainer.replay_rows(model, tok, 5, train_dir=tmp_path, device="cpu",
+                               status=lambda *a, **k: seen.append(str(a[0])))
+    assert seen and all(r[0]["role"] == "user" and r[1]["role"] == "assistant" and r[1]["content"] for r in rows)
+    assert (tmp_path / "replay.jsonl").exists()
+
+    def must_not_generate(*_a: object, **_k: object) -> list[str]:
+        raise AssertionError("a resumed run reuses replay.jsonl")
+
+    monkeypatch.setattr(trainer, "generate_answers", must_not_generate)
+    assert trainer.replay_rows(model, tok, 5, train_dir=tmp_path, device="cpu", status=lambda *a, **k: None) == rows

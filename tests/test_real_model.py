@@ -253,3 +253,90 @@ def test_served_request_cannot_forge_a_role(smollm2_dir: Path, smollm2_tokenizer
         httpd.shutdown()
         httpd.server_close()
         engine.close(1.0)
+
+
+# ------------------------------------------------------------------ the whole lifecycle on the real model
+@needs_smollm2
+@pytest.mark.slow
+def test_smollm2_profile_end_to_end_learns_without_forgetting(smollm2_state: Path, smollm2_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """`amlft run --profile jobs/local-smollm2.yml` with a small step budget, from the CLI: held-out loss
+    drops, the base model's general answer survives, and the publish card names the Hub base model."""
+    import json
+    import os
+    import subprocess
+
+    home = Path(os.environ["AMLFT_HOME"])
+    (home / "models" / "gguf").mkdir(parents=True)
+    (home / "models" / "gguf" / smollm2_dir.name).symlink_to(smollm2_dir)  # the session's conversion, reused
+
+    def amlft(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "amlft.cli.main", *args], capture_output=True, text=True,
+                              timeout=1500, cwd=Path(__file__).resolve().parents[1])
+
+    run = amlft("run", "--profile", "jobs/local-smollm2.yml", "--set", "local.max_steps=6",
+                "--set", "local.eval_prompts=4", "--set", "local.save_steps=100", "--set", "local.replay_prompts=8")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "converted earlier" in run.stdout + run.stderr  # the cached conversion, not a second one
+    record = json.loads(max((home / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+    ev = record["outputs"]["eval"]
+    assert ev["loss_after"] < ev["loss_before"]  # it learned the held-out task's answers
+    general = next(r for r in ev["rows"] if r["metric"].startswith("general questions"))
+    assert general["before"] is not None and general["after"] is not None
+    result = json.loads((Path(record["outputs"]["train"]["merged_dir"]).parent / "result.json").read_text())
+    france = next(a for a in result["after"]["general"]["answers"] if "France" in a["prompt"])
+    assert "Paris" in france["answer"], france
+    assert record["outputs"]["train"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert record["outputs"]["invoke"]["response"].strip()  # the served fine-tuned model answered
+    assert record["outputs"]["teardown"]["stopped"]  # and its server was stopped
+
+    pub = amlft("publish", "--run", record["run_id"], "--repo-id", "alice/smollm2-classify", "--dry-run",
+                "--out", str(tmp_path / "card"))
+    assert pub.returncode == 0, pub.stdout[-2000:] + pub.stderr[-2000:]
+    card = (tmp_path / "card" / "model" / "README.md")
+    card = card if card.exists() else next((tmp_path / "card").rglob("README.md"))
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card.read_text()
+
+
+def _ctx(*overrides: str):
+    from amlft.backends.base import StepContext
+    from amlft.config import Profile
+    from amlft.console import Console
+    from amlft.records import RunRecord
+
+    prof = Profile.from_yaml(Path(__file__).resolve().parents[1] / "jobs" / "local-smollm2.yml", overrides=list(overrides))
+    rec = RunRecord.create(backend="local", profile=prof.to_dict(), profile_path=None)
+    return StepContext(profile=prof, record=rec, console=Console(quiet=True))
+
+
+@needs_smollm2
+def test_model_sources_resolve_to_the_same_cached_conversion(tmp_path: Path) -> None:
+    from amlft.backends.local.backend import LocalBackend
+    from amlft.backends.local.model_sources import locate_shipped
+
+    gguf = locate_shipped(SMOLLM2)
+    folder = tmp_path / "folder-with-one-gguf"
+    folder.mkdir()
+    (folder / "model.gguf").symlink_to(gguf)
+    backend = LocalBackend()
+    by_name, label = backend._base_model(_ctx())
+    assert label == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    by_file, file_label = backend._base_model(_ctx("model.source=", f"model.gguf={gguf}"))
+    by_folder, _ = backend._base_model(_ctx("model.source=", f"model.path={folder}"))
+    assert by_name == by_file == by_folder and "/models/gguf/" in by_name  # one content hash, one folder
+    assert file_label == gguf.name
+    _, hub_label = backend._base_model(_ctx("model.source=", f"model.gguf={gguf}",
+                                            "model.hub_id=HuggingFaceTB/SmolLM2-135M-Instruct"))
+    assert hub_label == "HuggingFaceTB/SmolLM2-135M-Instruct"  # hub_id beside gguf names the base model
+
+
+def test_one_model_source_at_a_time_and_missing_paths_are_named(tmp_path: Path) -> None:
+    from amlft.backends.local.backend import LocalBackend
+
+    backend = LocalBackend()
+    with pytest.raises(ConfigError, match=r"model\.build and model\.source"):
+        backend._base_model(_ctx("model.build=tiny"))
+    with pytest.raises(ConfigError, match="file not found"):
+        backend._base_model(_ctx("model.source=", f"model.gguf={tmp_path / 'nope.gguf'}"))
+    with pytest.raises(ConfigError, match="folder not found"):
+        backend._base_model(_ctx("model.source=", f"model.path={tmp_path / 'nope'}"))

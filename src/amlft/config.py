@@ -128,6 +128,8 @@ class LocalConfig(_Strict):
     eval_prompts: int = Field(24, ge=0, description="held-out prompts scored before and after fine-tuning")
     max_steps: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
+    replay_prompts: int = Field(0, ge=0, description="general prompts the base model answers before fine-tuning, "
+                                                     "mixed into training so a real model does not forget how to chat")
     engine: Literal["transformers", "onnxruntime-genai"] = Field(
         "transformers", description="serving engine of `amlft deploy`; onnxruntime-genai serves an int4 export")
 

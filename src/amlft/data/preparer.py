@@ -40,7 +40,7 @@ from amlft.data.sources import (
     is_hub_id,
     local_splits,
 )
-from amlft.errors import DataError
+from amlft.errors import ConfigError, DataError
 from amlft.hashing import file_sha256
 
 BOM = b"\xef\xbb\xbf"
@@ -675,10 +675,13 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
 def _token_counter(tokenizer_id: str) -> Callable[[list[dict[str, Any]]], int]:
     """Tokens in one conversation as the model will see it: its chat template when it has one."""
     from amlft.errors import require
+    from amlft.model_refs import load_tokenizer
 
-    transformers = require("transformers", extra="local", purpose="Counting tokens (--tokenizer)")
+    require("transformers", extra="local", purpose="Counting tokens (--tokenizer)")
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(tokenizer_id)
+        tok = load_tokenizer(tokenizer_id, what="data.tokenizer")
+    except ConfigError as exc:  # folder not found, offline and not cached, hub unreachable: already clear
+        raise DataError(exc.message, hint=exc.hint) from exc
     except Exception as exc:
         raise DataError(f"Could not load tokenizer {tokenizer_id!r}: {exc}",
                         hint="Give a local tokenizer folder or a hub model id you can reach.") from exc

@@ -153,14 +153,15 @@ def _training_data(facts: RunFacts, dataset_repo_id: str | None) -> str:
     splits = _split_rows(facts)
     if splits:
         lines += ["", "| split | rows read | kept | rejected |", "|---|---:|---:|---:|"]
-        roles = facts.data_report.get("roles") if isinstance(facts.data_report.get("roles"), dict) else {}
-        used_as = {v: k for k, v in roles.items() if v and k != "invoke"}
+        roles = facts.data_report.get("roles")
+        used_as = {v: k for k, v in roles.items() if v and k != "invoke"} if isinstance(roles, dict) else {}
         lines += [f"| {name}{f' ({used_as[name]})' if name in used_as else ''} | {r.get('in', '-')} | "
                   f"{r.get('kept', '-')} | {r.get('rejected', '-')} |" for name, r in splits]
     report = facts.data_report
-    reasons = report.get("reasons") if isinstance(report.get("reasons"), dict) else {}
-    if reasons:
-        help_ = report.get("reason_help") if isinstance(report.get("reason_help"), dict) else {}
+    reasons = report.get("reasons")
+    if isinstance(reasons, dict) and reasons:
+        help_raw = report.get("reason_help")
+        help_: dict[str, Any] = help_raw if isinstance(help_raw, dict) else {}
         lines += ["", "Rows rejected by validation, by reason:", ""]
         lines += [f"- `{r}`: {n}" + (f" - {help_[r]}" if help_.get(r) else "") for r, n in reasons.items()]
     elif report:
@@ -230,7 +231,9 @@ def _evaluation(facts: RunFacts) -> str:
     for r in rows:
         name = METRICS.get(str(r["metric"]), (None, str(r["metric"]), False))[1]
         before, after = r.get("before"), r.get("after")
-        change = _fmt(after - before, signed=True) if _num(before) and _num(after) else "-"
+        change = (_fmt(after - before, signed=True)
+                  if isinstance(before, int | float) and isinstance(after, int | float) and _num(before) and _num(after)
+                  else "-")
         lines.append(f"| {name} | {_fmt(before)} | {_fmt(after)} | {change} |")
     examples = [e for e in (ev.get("examples") or []) if isinstance(e, dict) and e.get("prompt")][:2]
     for e in examples:

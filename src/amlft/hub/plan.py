@@ -24,7 +24,6 @@ CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "vocab.txt",
                    "merges.txt", "chat_template.jinja", "chat_template.json")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PICKLE_WEIGHTS = re.compile(r"^(pytorch_model|adapter_model).*\.bin$|\.(pt|pth|ckpt)$")
 
 

@@ -76,25 +76,25 @@ def _hub_errors(token: HubToken, endpoint: str) -> Iterator[None]:
 
     try:
         yield
-    except OfflineModeIsEnabled:
+    except OfflineModeIsEnabled as exc:
         raise ConfigError("HF_HUB_OFFLINE is set, so huggingface_hub refuses to reach the Hub.",
                           hint="Unset HF_HUB_OFFLINE to publish, or use --dry-run --out DIR to write the card "
-                               "and file list offline.") from None
+                               "and file list offline.") from exc
     except HfHubHTTPError as exc:
-        raise _service_error(exc, token) from None
+        raise _service_error(exc, token) from exc
     except ValueError as exc:
         if "Invalid metadata in README.md" not in str(exc):
             raise
         raise ServiceError(f"The Hugging Face Hub rejected the model card: {redact(str(exc), token)}", status=400,
-                           hint="This is a bug in amlft's card writer; `--dry-run --out DIR` shows the card.") from None
+                           hint="This is a bug in amlft's card writer; `--dry-run --out DIR` shows the card.") from exc
     except OSError as exc:  # connection refused, DNS, TLS: httpx errors are not OSErrors, handled below
         raise ServiceError(f"Could not reach the Hugging Face Hub at {endpoint}: {redact(str(exc), token)}",
                            hint="Check your network and HF_ENDPOINT, then retry; the upload resumes from "
-                                "files already on the Hub.") from None
+                                "files already on the Hub.") from exc
     except Exception as exc:
         if type(exc).__module__.startswith(("httpx", "httpcore")):
             raise ServiceError(f"Could not reach the Hugging Face Hub at {endpoint}: {redact(str(exc), token)}",
-                               hint="Check your network and HF_ENDPOINT, then retry.") from None
+                               hint="Check your network and HF_ENDPOINT, then retry.") from exc
         raise
 
 
@@ -122,9 +122,6 @@ def _service_error(exc: Any, token: HubToken) -> Exception:
 
 
 def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    from rich.filesize import decimal
+
+    return decimal(n)

@@ -60,10 +60,10 @@ def check_write_access(api: Any, token: HubToken, namespaces: list[str]) -> str:
         status = exc.response.status_code if exc.response is not None else None
         if status == 401:
             raise AuthError(f"The Hugging Face Hub rejected the token from {token.source} (invalid or expired).",
-                            hint=f"Create a new token with write access at {TOKENS_PAGE} and set HF_TOKEN.") from None
+                            hint=f"Create a new token with write access at {TOKENS_PAGE} and set HF_TOKEN.") from exc
         raise ServiceError(f"Could not check the Hugging Face token: {redact(str(exc).splitlines()[0], token)}",
                            status=status, request_id=getattr(exc, "request_id", None),
-                           hint="Check HF_ENDPOINT and your network, then retry.") from None
+                           hint="Check HF_ENDPOINT and your network, then retry.") from exc
     user = str(info.get("name") or "")
     orgs = {str(o.get("name")) for o in info.get("orgs") or [] if isinstance(o, dict)}
     access = ((info.get("auth") or {}).get("accessToken") or {})

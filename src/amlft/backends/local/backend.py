@@ -163,7 +163,15 @@ class LocalBackend:
                          "message": (f"training on GPU {gpus[0]['name']} ({'bf16' if gpus[0]['bf16'] else 'fp16'})"
                                      if device == "cuda" else f"training on CPU ({cpus} cores, fp32)"), "fix": ""})
 
-        ref, label = self._base_model(ctx)
+        try:
+            ref, label = self._base_model(ctx)
+            if ref == ctx.profile.model.hub_id:  # not in the cache and no hub: fail now, not minutes into wait
+                from amlft.model_refs import check_hub_model
+
+                check_hub_model(ref)
+        except ConfigError as exc:
+            findings.append({"severity": "error", "check": "model", "message": exc.message, "fix": exc.hint or ""})
+            return findings
         if ctx.profile.model.build == "tiny":
             from amlft.backends.local.tiny import DEFAULTS
 
@@ -267,7 +275,8 @@ class LocalBackend:
                                eval_prompts=prof.local.eval_prompts, threads=prof.local.threads,
                                trust_remote_code=prof.model.trust_remote_code,
                                eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS,
-                               general_questions=prof.model.build != "tiny")  # the tiny model knows no facts
+                               general_questions=prof.model.build != "tiny",  # the tiny model knows no facts
+                               replay_prompts=prof.local.replay_prompts)
             spec.save()
         ckpt = latest_checkpoint(train_dir / "checkpoints")
         log_path = train_dir / "train.log"
@@ -475,8 +484,7 @@ class LocalBackend:
         metrics = dict(train.get("metrics") or {})
         ev = rec.output("eval")
         history = read_progress(Path(train["merged_dir"]).parent / "progress.jsonl")
-        card = (f"---\nlibrary_name: transformers\ntags: [amlft, lora]\n---\n# {name}\n\n"
-                f"LoRA fine-tune of {train.get('base_model')} by amlft run {rec.run_id}.\n")
+        card = self._registry_card(name, str(train.get("base_model")), rec.run_id)
         with ctx.console.progress("registering in MLflow", total=None) as bar:
             bar.update(status="logging run and model")
             out = registry.register_model(
@@ -491,6 +499,18 @@ class LocalBackend:
         ctx.console.info(f"registered {out['model_uri']} (MLflow run {out['mlflow_run_id']}); browse: "
                          f"mlflow ui --backend-store-uri {out['tracking_uri']}")
         return result
+
+    @staticmethod
+    def _registry_card(name: str, base_model: str, run_id: str) -> str:
+        """The README stored with the registered model: front matter through huggingface_hub's card API."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        hub_id = base_model.count("/") == 1 and not Path(base_model).exists()  # owner/name, not a local folder
+        data = ModelCardData(library_name="transformers", tags=["amlft", "lora"],
+                             base_model=base_model if hub_id else None)
+        return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n# {{ name }}\n\n"
+                                           "LoRA fine-tune of {{ base }} by amlft run {{ run_id }}.\n",
+                                           name=name, base=base_model, run_id=run_id))
 
     # -------------------------------------------------------------------- deploy
     def deploy(self, ctx: StepContext) -> dict[str, Any]:

@@ -9,7 +9,6 @@ disk holds checkpoints, the merged model and its registered copy.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,10 @@ KNOWN_PARAMS = {
 
 
 def available_memory_bytes() -> int:
-    """RAM available to a new process (MemAvailable), not just 'free'."""
-    try:
-        import psutil
+    """RAM available to a new process (MemAvailable on Linux), not just 'free'."""
+    import psutil
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return int(psutil.virtual_memory().available)
 
 
 def free_disk_bytes(path: Path) -> int:
@@ -107,8 +96,7 @@ def estimate_needs(params: int, *, device: str, max_seq_length: int = 512, batch
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """Bytes for people (powers of 1000, as disks and `df -H` count)."""
+    from rich.filesize import decimal
+
+    return decimal(int(n))

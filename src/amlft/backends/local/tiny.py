@@ -125,7 +125,8 @@ def build_tiny_model(out_dir: Path, *, corpus: Iterable[str] | None = None, seed
         num_attention_heads=settings["num_attention_heads"], num_key_value_heads=settings["num_key_value_heads"],
         max_position_embeddings=settings["max_position_embeddings"], tie_word_embeddings=True,
         initializer_range=settings["initializer_range"],
-        bos_token_id=None, eos_token_id=eos, pad_token_id=pad, rope_theta=10000.0,
+        bos_token_id=None, eos_token_id=eos, pad_token_id=pad,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
     model = LlamaForCausalLM(config)
     losses = _pretrain(model, tokenizer, list(pretrain_conversations), list(pretrain_texts), settings, seed)

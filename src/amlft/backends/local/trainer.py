@@ -35,6 +35,7 @@ from typing import Any
 
 from amlft.backends.local.chat import IGNORE_INDEX, encode_conversation, encode_prompt, read_conversations
 from amlft.errors import ConfigError, TrainingError
+from amlft.model_refs import hub_offline
 
 # Azure component inputs that only make sense on Azure; accepted and ignored here.
 AZURE_ONLY = {"apply_lora", "apply_deepspeed", "apply_ort", "deepspeed_stage", "precision", "num_nodes_finetune",
@@ -45,6 +46,7 @@ AZURE_ONLY = {"apply_lora", "apply_deepspeed", "apply_ort", "deepspeed_stage", "
               "metric_for_best_model", "enable_full_determinism", "ignore_errors"}
 KEEP_CHECKPOINTS = 2
 EVAL_BATCH_SIZE = 8                    # prompts generated at once during evaluation
+REPLAY_MAX_NEW_TOKENS = 64             # replay answers longer than this are left out
 
 
 @dataclass
@@ -83,6 +85,7 @@ class TrainConfig:
     eval_prompts: int = 24             # held-out prompts scored (exact match) before and after
     eval_max_new_tokens: int = 32
     general_questions: bool = False    # also score shipped general questions (forgetting check; real models)
+    replay_prompts: int = 0            # general prompts the base model answers first, mixed into training
     threads: int | None = None         # torch intra-op threads; None: torch's default
     trust_remote_code: bool = False
 
@@ -165,16 +168,18 @@ def pick_device(requested: str) -> tuple[str, Any]:
     return "cpu", torch.float32
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def load_tokenizer_and_model(model_ref: str, *, dtype: Any, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load from a local folder or a hub id; without network a hub id fails with what to do."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw = {"trust_remote_code": trust_remote_code, "local_files_only": hub_offline()}
+    from amlft.model_refs import check_hub_model, looks_like_folder, require_folder
+
+    try:
+        where = (str(require_folder(model_ref, what="model folder")) if looks_like_folder(model_ref)
+                 else check_hub_model(model_ref))
+    except ConfigError as exc:
+        raise TrainingError(exc.message, hint=exc.hint) from exc
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": where == "cache" or hub_offline()}
     try:
         tok = AutoTokenizer.from_pretrained(model_ref, **kw)
         model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype, **kw)
@@ -302,8 +307,11 @@ Progress = Callable[[int, int, str], None]  # (done, total, detail)
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, device: str,
-                     max_new_tokens: int, progress: Progress | None = None) -> list[str]:
-    """Greedy answers, EVAL_BATCH_SIZE prompts at a time (left-padded), stopping at the end-of-turn token."""
+                     max_new_tokens: int, progress: Progress | None = None, finished_only: bool = False) -> list[str]:
+    """Greedy answers, EVAL_BATCH_SIZE prompts at a time (left-padded), stopping at the end-of-turn token.
+
+    finished_only: an answer still going at max_new_tokens comes back as "" (cut mid-sentence).
+    """
     import torch
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][-1]["content"]))  # similar lengths batch well
@@ -319,14 +327,20 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, st
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=pad)
+        stops = set(_as_list(model.generation_config.eos_token_id)) | {pad}
         for row, i in enumerate(idx):
             new = out[row, width:]
             generated += int((new != pad).sum())
-            answers[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            unfinished = len(new) >= max_new_tokens and int(new[-1]) not in stops
+            answers[i] = "" if finished_only and unfinished else tokenizer.decode(new, skip_special_tokens=True).strip()
         if progress:
             rate = generated / max(time.perf_counter() - started, 1e-9)
             progress(len(answers), len(prompts), f"{rate:,.0f} tok/s")
     return [answers[i] for i in range(len(prompts))]
+
+
+def _as_list(value: Any) -> list[int]:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [int(value)]
 
 
 def heldout_loss(model: Any, tokenizer: Any, examples: list[tuple[list[int], list[int]]], *,
@@ -377,6 +391,32 @@ def evaluate(model: Any, tokenizer: Any, rows: list[tuple[list[dict[str, str]], 
     return out
 
 
+def replay_rows(model: Any, tokenizer: Any, n: int, *, train_dir: Path, device: str,
+                status: Callable[..., None]) -> list[list[dict[str, str]]]:
+    """Up to n general conversations answered by the base model itself, to mix into the training data.
+
+    Why: a task whose every answer has one shape ("Category: fruit") teaches a small model
+    to answer *everything* that way; rehearsing its own answers to unrelated prompts
+    (self-distillation replay) keeps its general behaviour while it learns the task.
+    Answers that hit the token limit unfinished are left out; the rows are kept in
+    replay.jsonl so a resumed run trains on exactly the same data.
+    """
+    from amlft.resources import resource_path
+
+    path = train_dir / "replay.jsonl"
+    if path.exists():
+        return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = resource_path("replay_prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines if line.strip()][:n]
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+    answers = generate_answers(model, tokenizer, convs, device=device, max_new_tokens=REPLAY_MAX_NEW_TOKENS,
+                               progress=lambda d, t, detail: status("answering replay prompts", d, t, "prompts",
+                                                                    detail), finished_only=True)
+    rows = [[*c, {"role": "assistant", "content": a}] for c, a in zip(convs, answers, strict=True) if a]
+    path.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
 # ------------------------------------------------------------------------ checkpoints
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     done = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.pt").exists()]
@@ -420,6 +460,12 @@ def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> t
 def _as_rng_state(value: Any) -> Any:
     """random.setstate wants tuples; a weights_only load may hand back lists."""
     return tuple(_as_rng_state(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def lora_targets(value: str) -> str | list[str]:
+    """`all-linear` (peft's shorthand) or a comma-separated list of module names, e.g. `q_proj,v_proj`."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    return names[0] if names == ["all-linear"] else names
 
 
 # ------------------------------------------------------------------------ the run
@@ -469,9 +515,17 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
         log(f"before fine-tuning: exact match {before['exact_match']}, held-out loss {before['test_loss']}"
             + (f", general questions {before['general']['accuracy']:.0%}" if general else ""))
 
+    # replay: the base model's own answers to general prompts, mixed in (keeps it from forgetting how to chat)
+    if cfg.replay_prompts:
+        replay = replay_rows(model, tokenizer, cfg.replay_prompts, train_dir=train_dir, device=device, status=status)
+        examples += [e for e in (encode_conversation(tokenizer, r, max_seq_length=cfg.max_seq_length) for r in replay)
+                     if any(lab != IGNORE_INDEX for lab in e[1][1:])]
+        log(f"replay: {len(replay)} general conversations answered by the base model, mixed into training")
+
     # LoRA, batch plan, optimizer; then resume where a killed run stopped
     model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+                                             target_modules=lora_targets(cfg.lora_target_modules),
+                                             task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
     trainable, total_params = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     plan, total_steps = plan_for_steps([len(ids) for ids, _ in examples], cfg)
