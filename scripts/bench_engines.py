@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -70,8 +71,14 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
 def smollm2_dir(state: Path) -> Path:
     from amlft.backends.local.model_sources import convert_gguf, locate_shipped
 
-    return convert_gguf(locate_shipped("amlft:smollm2-135m-instruct"), state,
-                        report=lambda d, t, what: print(f"  [{d:.0f}/{t:.0f}] {what}", file=sys.stderr))
+    said: set[str] = set()
+
+    def report(done: float, total: float, what: str) -> None:
+        if what not in said:  # one line per phase, not per megabyte hashed
+            said.add(what)
+            print(f"  {what}", file=sys.stderr)
+
+    return convert_gguf(locate_shipped("amlft:smollm2-135m-instruct"), state, report=report)
 
 
 def tiny_dir(work: Path) -> Path:
@@ -236,6 +243,7 @@ def table(label: str, res: dict[str, Any], concurrency: list[int]) -> str:
 
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its servers
     load_before = os.getloadavg()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-engines-"))
     work.mkdir(parents=True, exist_ok=True)

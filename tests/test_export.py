@@ -204,10 +204,17 @@ def test_export_merges_a_lora_adapter(trained_tiny: Path, tmp_path: Path, capsys
 
 
 # ------------------------------------------------------------------ a run
-def test_export_run_is_recorded_and_registered(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_run_is_recorded_and_registered(tiny_model_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from amlft.backends.local.export_run import find_export
+
+    model = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, model)
     rec = RunRecord.create(backend="local", profile={"name": "tiny-demo"}, profile_path=None)
-    rec.set_output("train", merged_dir=str(tiny_model_dir), base_model="amlft-tiny-chat")
-    rec.set_output("register", model_dir=str(tiny_model_dir), name="tiny-demo-ft", version="1",
+    rec.set_output("train", merged_dir=str(model), base_model="amlft-tiny-chat")
+    rec.set_output("register", model_dir=str(model), name="tiny-demo-ft", version="1",
                    model_uri="models:/tiny-demo-ft/1")
     code, stdout, err = run_cli(["export", "--run", rec.run_id, "--json"], capsys)
     assert code == 0, err
@@ -226,6 +233,10 @@ def test_export_run_is_recorded_and_registered(tiny_model_dir: Path, capsys: pyt
     assert mv.tags["format"] == "onnx" and mv.tags["precision"] == "int4" and mv.tags["amlft_run_id"] == rec.run_id
     manifest = json.loads((Path(entry["path"]) / "amlft_export.json").read_text())
     assert manifest["source"]["run_id"] == rec.run_id and manifest["source"]["model_uri"] == "models:/tiny-demo-ft/1"
+    assert find_export(rec) is not None and find_export(rec, precision="fp32") is None
+    later = (model / "model.safetensors").stat().st_mtime + 60  # trained again after the export
+    os.utime(model / "model.safetensors", (later, later))
+    assert find_export(rec) is None, "a stale export is not served"
 
 
 def test_azure_run_needs_model_dir(capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,7 +301,7 @@ def test_engine_choice_is_checked_before_training(monkeypatch: pytest.MonkeyPatc
     from amlft.errors import ConfigError
 
     assert Profile.from_dict({"local": {"engine": "onnxruntime-genai"}}).local.engine == "onnxruntime-genai"
-    with pytest.raises(ConfigError, match="local.engine"):
+    with pytest.raises(ConfigError, match=r"local\.engine"):
         Profile.from_dict({"local": {"engine": "vllm"}})
     assert engine_findings("transformers") == []
     assert engine_findings("onnxruntime-genai")[0]["severity"] == "info"

@@ -43,9 +43,17 @@ def export_key(precision: str, execution_provider: str, fmt: str = "onnx") -> st
 def find_export(record: RunRecord, *, precision: str = "int4", execution_provider: str = "cpu") -> dict[str, Any] | None:
     """The run's recorded export for this target, if its folder is still there."""
     entry = (record.output("export").get("exports") or {}).get(export_key(precision, execution_provider))
-    if entry and (Path(entry["path"]) / "genai_config.json").is_file():
-        return dict(entry)
-    return None
+    if not entry or not (Path(entry["path"]) / "genai_config.json").is_file():
+        return None
+    source = entry.get("source_dir")
+    if source and Path(source).is_dir() and weights_mtime(Path(source)) > float(entry.get("source_mtime") or 0):
+        return None  # the model was trained again since: this export is stale
+    return dict(entry)
+
+
+def weights_mtime(folder: Path) -> float:
+    """When the folder's weights last changed (an export older than that is stale)."""
+    return max((p.stat().st_mtime for p in folder.glob("*.safetensors")), default=0.0)
 
 
 def run_model_dir(record: RunRecord) -> Path:
@@ -89,6 +97,8 @@ def export_run(record: RunRecord, console: Any, *, precision: str = "int4", exec
         manifest = export_onnx(source, out_dir, precision=precision, execution_provider=execution_provider,
                                console=console, provenance=provenance, verify=verify)
         entry = summary(manifest)
+        if source.weights_dir is not None:
+            entry.update(source_dir=str(source.weights_dir), source_mtime=weights_mtime(source.weights_dir))
         if record.backend == "local" and reg.get("name"):
             entry["registered"] = _register(record, reg, manifest)
         exports = dict(record.output("export").get("exports") or {})
