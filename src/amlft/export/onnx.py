@@ -301,9 +301,9 @@ def write_manifest(out_dir: Path, *, source: ModelSource, precision: str, execut
     """amlft_export.json: what was exported from where, how, and every file's size and hash."""
     from importlib.metadata import version
 
-    from amlft.version import __version__
     from amlft.hashing import file_sha256
     from amlft.records import now_iso
+    from amlft.version import __version__
 
     files: list[dict[str, Any]] = [
         {"path": p.relative_to(out_dir).as_posix(), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
