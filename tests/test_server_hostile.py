@@ -272,20 +272,18 @@ def _until(server: Any, key: str, value: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
 def test_a_queued_request_whose_client_leaves_gives_its_place_back(server: Any, stream: bool) -> None:
-    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=15) for _ in range(2)]
-    try:
-        for sock in busy:  # both generation slots taken by long generations
-            sock.sendall(request_bytes("/v1/chat/completions", chat_body(max_tokens=400, ignore_eos=True)))
-        assert _until(server, "running", 2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as busy:
+        # a long generation runs; a batch takes no new rows once started, so the next request queues
+        busy.sendall(request_bytes("/v1/chat/completions", chat_body(max_tokens=400, ignore_eos=True)))
+        assert _until(server, "running", 1)
+        batches = requests.get(f"{server.url}/health", timeout=10).json()["stats"]["batches"]
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as waiting:
             waiting.sendall(request_bytes("/v1/chat/completions", chat_body(stream=stream)))
             assert _until(server, "queued", 1)
         assert _until(server, "queued", 0), "the queued request left the queue when its client did"
-        assert requests.get(f"{server.url}/health", timeout=10).json()["running"] == 2, \
-            "...not because a slot freed up: the long generations are still running"
-    finally:
-        for sock in busy:
-            sock.close()
+        health = requests.get(f"{server.url}/health", timeout=10).json()
+        assert health["running"] == 1 and health["stats"]["batches"] == batches, \
+            "...not because a slot freed up: the long generation is still running"
     assert _idle(server)
     still_serving(server)
 
