@@ -36,8 +36,9 @@ from typing import Any
 
 import requests
 
+import _benchlib
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
 
 SERVER_CHOICES = ("amlft", "mlflow")
@@ -147,7 +148,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=48, help="requests per (server, concurrency) cell")
     ap.add_argument("--rounds", type=int, default=2, help="each cell is split into this many interleaved rounds")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for each server")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for each server (each mlflow worker too)")
+    ap.add_argument("--mlflow-workers", type=int, default=os.cpu_count() or 1,
+                    help="`mlflow models serve --workers` (default: one per core, as its docs advise for CPU serving)")
     ap.add_argument("--servers", nargs="+", choices=SERVER_CHOICES, default=list(SERVER_CHOICES),
                     help="which servers to run")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -175,7 +178,7 @@ class Fleet:
         with open(log, "wb") as logf:
             self.mlflow_proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                 "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
+                 "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", str(args.mlflow_workers)],
                 stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_ready(f"http://127.0.0.1:{self.mlflow_port}/ping", self.mlflow_proc, 300, log)
 
@@ -248,6 +251,10 @@ def measure(fleet: Fleet, chats: list[list[dict[str, str]]]) -> tuple[dict[str, 
     first = next(iter(outputs.values()))
     same = min(sum(x == y for x, y in zip(first, out, strict=True)) for out in outputs.values())
     print(f"identical greedy outputs on {same}/4 warm-up prompts across {', '.join(outputs)}", file=sys.stderr)
+    if same < len(first):  # timing servers that answer differently would compare different work
+        for name, out in outputs.items():
+            print(f"  {name}: {out!r}", file=sys.stderr)
+        raise SystemExit("bench_serving: the servers' greedy outputs differ; not timing them.")
     # Cells are interleaved (every server at one concurrency, then again, ...) so that a change in
     # the machine's load during the run (it may be shared) hits all servers alike.
     raw: dict[tuple[str, int], tuple[list[float], float, float, float, float]] = {}
@@ -320,6 +327,14 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     report(args, model_dir, results, same)
+    top, new = max(args.concurrency), NAMES["amlft"]
+    if new in results:
+        _benchlib.emit(_benchlib.summary(
+            "serving", amlft=results[new][top]["rps"], unit=f"req/s at concurrency {top}",
+            peers={name: by_c[top]["rps"] for name, by_c in results.items() if name != new},
+            model=str(model_dir), steps=None, max_tokens=args.max_tokens, threads=args.threads,
+            mlflow_workers=args.mlflow_workers, requests_per_cell=args.requests,
+            p95_ms={name: round(by_c[top]["p95_ms"]) for name, by_c in results.items()}))
     return 0
 
 
