@@ -145,7 +145,7 @@ def validate_path(path: str | Path, options: PrepareOptions | None = None, *, co
 
 def _token_counter(tokenizer_id: str) -> Callable[[list[dict[str, Any]]], int]:
     """Tokens in one conversation as the model will see it: its chat template when it has one."""
-    from amlft.errors import require
+    from amlft.extras import require
     from amlft.model_refs import load_tokenizer
 
     require("transformers", extra="local", purpose="Counting tokens (--tokenizer)")
