@@ -31,6 +31,7 @@ from amlft.data.sources import (
     local_splits,
 )
 from amlft.errors import ConfigError, DataError
+from amlft.extras import require
 
 __all__ = ["PrepareOptions", "PrepareResult", "ValidationResult", "format_problems", "iter_rows", "prepare",
            "resolve_splits", "validate_path"]
@@ -84,6 +85,7 @@ def resolve_splits(source: str | Path, opts: PrepareOptions, *, single_name: str
 
         src = str(sample_chat_dir())
     if is_hub_id(src):
+        require("datasets", extra="data", purpose="Loading a Hugging Face dataset")  # say so before any network probe
         if not hub_offline_mode() and not hub_reachable():
             raise DataError(f"{src} looks like a Hugging Face dataset id, but the Hub cannot be reached.",
                             hint="Check your network (HF_ENDPOINT, proxies), or give a local file or folder "
