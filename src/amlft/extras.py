@@ -42,7 +42,6 @@ EXTRA_OF: dict[str, str] = {
     "uvicorn": "local",
     "psutil": "local",
     "gguf": "local",
-    "trl": "local",
     "matplotlib": "bench",
     "azure": "azure",
     "responses": "rehearse",
