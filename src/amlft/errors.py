@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AmlftError", "AuthError", "ConfigError", "DataError", "DeploymentError", "JobCanceled", "JobFailed", "MissingDependency", "PreflightError", "RecordError", "ServiceError", "TrainingError", "WaitTimeout", "require"]
+__all__ = ["AmlftError", "AuthError", "ConfigError", "DataError", "DeploymentError", "JobCanceled", "JobFailed", "MissingDependency", "PreflightError", "RecordError", "ServiceError", "TrainingError", "WaitTimeout"]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -140,13 +140,3 @@ class JobCanceled(AmlftError):
 
 class WaitTimeout(AmlftError):
     exit_code = EXIT_TIMEOUT
-
-
-def require(module: str, *, extra: str, purpose: str) -> Any:
-    """Import an optional heavy module, turning ImportError into an instruction to install the extra."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingDependency(module.split(".")[0], extra=extra, purpose=purpose) from exc

@@ -9,17 +9,25 @@ install, instead of a traceback:
         import torch
         from peft import LoraConfig
 
-A missing module of amlft's own is a bug and keeps its traceback.
+or, where the module object itself is wanted,
+
+    hub = require("huggingface_hub", extra="hub", purpose="Publishing to the Hub")
+
+A missing module of amlft's own is a bug and keeps its traceback. The CLI's error funnel
+also reports any ModuleNotFoundError for a package in EXTRA_OF that escapes unrouted the
+same way, so a missed site still fails clearly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
+from types import ModuleType
 
 from amlft.errors import MissingDependency
 
-__all__ = ["EXTRA_OF", "INSTALL_HINT", "extra_for", "needs_extra"]
+__all__ = ["EXTRA_OF", "INSTALL_HINT", "extra_for", "missing_dependency", "needs_extra", "require"]
 
 # top-level import name -> the extra that installs it (pyproject.toml [project.optional-dependencies])
 EXTRA_OF: dict[str, str] = {
@@ -57,18 +65,36 @@ def extra_for(module: str) -> str | None:
     return EXTRA_OF.get(module.split(".", 1)[0])
 
 
+def missing_dependency(exc: ModuleNotFoundError, *, extra: str, purpose: str) -> MissingDependency | None:
+    """The MissingDependency for `exc`, or None when it is not an optional package's absence.
+
+    A module of amlft's own (or a nameless error) is a bug, not a missing extra: None. A known
+    package names its own extra; anything else missing is attributed to `extra`.
+    """
+    missing = exc.name or ""
+    if not missing or missing.split(".", 1)[0] == "amlft":
+        return None
+    owner = extra_for(missing) or extra
+    err = MissingDependency(missing.split(".", 1)[0], extra=owner, purpose=purpose)
+    if owner in INSTALL_HINT:
+        err.hint = INSTALL_HINT[owner]
+    return err
+
+
 @contextlib.contextmanager
 def needs_extra(extra: str, *, purpose: str = "This command") -> Iterator[None]:
     """Translate a missing optional package inside the block into MissingDependency."""
     try:
         yield
     except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if not missing or missing.split(".", 1)[0] == "amlft":  # our own module: a bug, keep the traceback
+        err = missing_dependency(exc, extra=extra, purpose=purpose)
+        if err is None:  # our own module: a bug, keep the traceback
             raise
-        # a known package names its own extra; anything else missing here came with the block's extra
-        owner = extra_for(missing) or extra
-        err = MissingDependency(missing.split(".", 1)[0], extra=owner, purpose=purpose)
-        if owner in INSTALL_HINT:
-            err.hint = INSTALL_HINT[owner]
         raise err from exc
+
+
+def require(module: str, *, extra: str, purpose: str) -> ModuleType:
+    """Import and return an optional heavy module; missing, it raises MissingDependency naming `extra`."""
+    with needs_extra(extra, purpose=purpose):
+        return importlib.import_module(module)
+    raise AssertionError("unreachable")  # pragma: no cover - needs_extra re-raises; this satisfies mypy

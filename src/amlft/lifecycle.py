@@ -34,6 +34,7 @@ from amlft.errors import (
     RecordError,
     WaitTimeout,
 )
+from amlft.extras import needs_extra
 from amlft.outputs import (
     AuthOutput,
     CheckOutput,
@@ -57,7 +58,10 @@ STEPS = ("auth", "check", "data", "submit", "wait", "register", "deploy", "invok
 
 
 def backend_for(ctx: StepContext) -> Backend:
-    return get_backend(ctx.record.backend)
+    """The run's backend; a missing package of its extra (`local`, `azure`) says what to install."""
+    name = ctx.record.backend
+    with needs_extra(name, purpose=f"The {name} backend"):  # the local backend imports psutil at module level
+        return get_backend(name)
 
 
 @contextlib.contextmanager

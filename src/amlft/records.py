@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from amlft.errors import JobCanceled, RecordError, WaitTimeout
+from amlft.extras import needs_extra
 from amlft.outputs import StepOutput, model_for
 
 __all__ = ["OUTCOMES", "RunRecord", "UnreadableRecord", "atomic_write_json", "delete_secrets", "list_runs",
@@ -518,7 +519,8 @@ def _salvage_resources(text: str) -> list[dict[str, Any]]:
 
 def _salvage_local_processes(root: Path, run_id: str, resources: list[dict[str, Any]]) -> list[str]:
     """Add live local processes working in this run's folder that the damaged record lost."""
-    import psutil
+    with needs_extra("local", purpose="Finding a damaged run's local processes"):
+        import psutil
 
     marker = f"{os.sep}artifacts{os.sep}{run_id}{os.sep}"  # train dir / server ready file live there
     known = {r.get("pid") for r in resources}

@@ -98,7 +98,8 @@ class TokenCounter:
 
 def load_tokenizer(name_or_path: str) -> Any:
     """A transformers tokenizer from a local folder (or a cached hub id; never downloads)."""
-    from amlft.errors import ConfigError, require
+    from amlft.errors import ConfigError
+    from amlft.extras import require
 
     transformers = require("transformers", extra="local", purpose="--tokenizer")
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.bench.metrics import ESTIMATE_NOTE, is_estimated
+from amlft.extras import needs_extra
 
 CSV_COLUMNS = ["target", "status", "contract", "model", "concurrency", "requests", "successes", "errors",
                "errors_by_kind", "wall_s", "successes_per_s", "errors_per_s", "requests_per_s", "output_tokens",
@@ -112,11 +113,9 @@ def write_charts(out_dir: Path, targets: Sequence[dict[str, Any]]) -> list[str]:
     measured = [t for t in targets if any(lv["summary"]["successes"] for lv in t["levels"])]
     if not measured:
         return []
-    from amlft.errors import require
-
-    require("matplotlib", extra="local", purpose="bench charts")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    with needs_extra("bench", purpose="bench charts"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
     colors = [f"C{i % 10}" for i in range(len(measured))]
     levels = sorted({lv["concurrency"] for t in measured for lv in t["levels"]})

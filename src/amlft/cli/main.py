@@ -94,6 +94,23 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except ModuleNotFoundError as exc:  # backstop: a heavy import that missed `needs_extra`
+        err = _missing_extra(exc, sys.argv[1:] if argv is None else argv)
+        if err is None:
+            raise
+        _report(err, json_requested="--json" in (sys.argv[1:] if argv is None else argv))
+        sys.exit(err.exit_code)
+
+
+def _missing_extra(exc: ModuleNotFoundError, args: list[str]) -> Any:
+    """A MissingDependency for an optional package (one in EXTRA_OF) that escaped; None for anything else."""
+    from amlft.extras import extra_for, missing_dependency
+
+    extra = extra_for(exc.name or "")
+    if extra is None:  # amlft's own module or an unknown package: a bug, keep the traceback
+        return None
+    verb = next((a for a in args if not a.startswith("-")), "")
+    return missing_dependency(exc, extra=extra, purpose=f"`amlft {verb}`" if verb else "amlft")
 
 
 def _report(exc: Any, *, json_requested: bool) -> None:

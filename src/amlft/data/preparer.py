@@ -31,6 +31,7 @@ from amlft.data.sources import (
     local_splits,
 )
 from amlft.errors import ConfigError, DataError
+from amlft.extras import require
 
 __all__ = ["PrepareOptions", "PrepareResult", "ValidationResult", "format_problems", "iter_rows", "prepare",
            "resolve_splits", "validate_path"]
@@ -84,6 +85,7 @@ def resolve_splits(source: str | Path, opts: PrepareOptions, *, single_name: str
 
         src = str(sample_chat_dir())
     if is_hub_id(src):
+        require("datasets", extra="data", purpose="Loading a Hugging Face dataset")  # say so before any network probe
         if not hub_offline_mode() and not hub_reachable():
             raise DataError(f"{src} looks like a Hugging Face dataset id, but the Hub cannot be reached.",
                             hint="Check your network (HF_ENDPOINT, proxies), or give a local file or folder "
@@ -145,7 +147,7 @@ def validate_path(path: str | Path, options: PrepareOptions | None = None, *, co
 
 def _token_counter(tokenizer_id: str) -> Callable[[list[dict[str, Any]]], int]:
     """Tokens in one conversation as the model will see it: its chat template when it has one."""
-    from amlft.errors import require
+    from amlft.extras import require
     from amlft.model_refs import load_tokenizer
 
     require("transformers", extra="local", purpose="Counting tokens (--tokenizer)")

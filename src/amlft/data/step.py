@@ -17,6 +17,7 @@ from amlft.context import StepContext
 from amlft.data.preparer import PrepareOptions, prepare
 from amlft.data.sources import SAMPLE_SOURCES, hub_reachable, is_hub_id, local_splits
 from amlft.errors import DataError
+from amlft.extras import require
 
 PREPARE_VERSION = 1  # bump when prepare's output for the same input changes
 DEFAULT_TEST_FRACTION = 0.1
@@ -41,6 +42,7 @@ def resolve_source(ctx: StepContext) -> tuple[str, bool, str]:
         return src, False, "local data"
     if ctx.rehearse:
         return str(_sample_dir()), True, "rehearsals never download datasets"
+    require("datasets", extra="data", purpose="Downloading the profile's Hugging Face dataset")
     if hub_reachable():
         return src, False, "Hugging Face Hub"
     # Never swap data silently outside a rehearsal: training on the sample when the user asked

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from amlft.errors import AmlftError, require
+from amlft.errors import AmlftError
+from amlft.extras import require
 from amlft.hub.facts import RunFacts
 
 # metric name in the run record -> (Hub metric id, readable name, lower is better)

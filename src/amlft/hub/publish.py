@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from amlft.console import Console
-from amlft.errors import AuthError, ConfigError, ServiceError, require
+from amlft.errors import AuthError, ConfigError, ServiceError
+from amlft.extras import require
 from amlft.hub.plan import PublishPlan, RepoPlan
 from amlft.hub.token import HubToken, check_write_access, redact
 

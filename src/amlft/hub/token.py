@@ -33,7 +33,7 @@ def find_token() -> HubToken:
         value = (os.environ.get(var) or "").strip()
         if value:
             return HubToken(value, f"the {var} environment variable")
-    from amlft.errors import require
+    from amlft.extras import require
 
     hub = require("huggingface_hub", extra="hub", purpose="Publishing to the Hugging Face Hub")
     cached = hub.get_token()

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from amlft.extras import needs_extra
 from amlft.testing import seed
 from amlft.testing.http import FakeRequest, Router, reply_error, reply_json
 from amlft.testing.state import FakeState
@@ -54,7 +55,8 @@ class _FakeCredential:
     """
 
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
+        with needs_extra("rehearse", purpose="amlft's in-process Azure ML fake (--rehearse)"):
+            from azure.core.credentials import AccessToken
 
         expires = int(time.time()) + 3600
         audience = (scopes[0] if scopes else "https://management.azure.com/.default").removesuffix("/.default")
@@ -112,7 +114,7 @@ class FakeAzureML:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> FakeAzureML:
-        from amlft.errors import require
+        from amlft.extras import require
 
         responses = require("responses", extra="rehearse", purpose="amlft's in-process Azure ML fake (--rehearse)")
 
@@ -139,12 +141,14 @@ class FakeAzureML:
 
     # -- clients -----------------------------------------------------------------
     def ml_client(self, **kwargs: Any) -> Any:
-        from azure.ai.ml import MLClient
+        with needs_extra("rehearse", purpose="amlft's in-process Azure ML fake (--rehearse)"):
+            from azure.ai.ml import MLClient
 
         return MLClient(self.credential, self.subscription_id, self.resource_group, self.workspace_name, **kwargs)
 
     def registry_client(self, registry_name: str = seed.REGISTRY_NAME, **kwargs: Any) -> Any:
-        from azure.ai.ml import MLClient
+        with needs_extra("rehearse", purpose="amlft's in-process Azure ML fake (--rehearse)"):
+            from azure.ai.ml import MLClient
 
         return MLClient(self.credential, registry_name=registry_name, **kwargs)
 

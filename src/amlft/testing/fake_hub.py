@@ -48,6 +48,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from amlft.extras import needs_extra
+
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf",
                 ".parquet", ".arrow", ".npz", ".npy", ".model", ".zip", ".gz", ".tar")
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores text files above 10 MB in LFS too
@@ -209,7 +211,8 @@ class FakeHub:
         """
         import os
 
-        from huggingface_hub import constants
+        with needs_extra("hub", purpose="amlft's Hugging Face Hub fake"):
+            from huggingface_hub import constants
 
         saved_env = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_XET")}
         patched = {"ENDPOINT": self.endpoint, "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_XET": True,

@@ -130,7 +130,7 @@ def build_credential() -> tuple[Any, str]:
     cred = github_oidc.credential_from_environment()
     if cred is not None:
         return cred, "GitHub Actions OIDC (federated, refreshed for long jobs)"
-    from amlft.errors import require
+    from amlft.extras import require
 
     identity = require("azure.identity", extra="azure", purpose="Azure authentication")
     interactive = interactive_allowed()

@@ -18,6 +18,7 @@ from amlft.backends.azure.job_status import is_terminal
 from amlft.backends.azure.service import call, enum_text
 from amlft.backends.base import EndpointInfo, StepContext
 from amlft.errors import JobCanceled, JobFailed, PreflightError, RecordError, ServiceError
+from amlft.extras import needs_extra
 from amlft.hashing import file_sha256
 
 JOB_KIND = "azureml.job"
@@ -91,8 +92,9 @@ class AzureBackend:
 
         out = prepare_run_data(ctx)
         sess = _session(ctx)
-        from azure.ai.ml.constants import AssetTypes
-        from azure.ai.ml.entities import Data
+        with needs_extra("azure", purpose="The Azure backend"):
+            from azure.ai.ml.constants import AssetTypes
+            from azure.ai.ml.entities import Data
 
         assets: dict[str, str] = {}
         slug = _dataset_name(ctx)
@@ -220,8 +222,9 @@ class AzureBackend:
             raise RecordError(f"Run {rec.run_id} has no completed fine-tune job to register.",
                               hint=f"Run `amlft wait --run {rec.run_id}` until it completes.")
         sess = _session(ctx)
-        from azure.ai.ml.constants import AssetTypes
-        from azure.ai.ml.entities import Model
+        with needs_extra("azure", purpose="The Azure backend"):
+            from azure.ai.ml.constants import AssetTypes
+            from azure.ai.ml.entities import Model
 
         prof = ctx.profile
         name = names.registered_model_name(prof.model.name, prof.data.source)

@@ -17,6 +17,7 @@ from amlft.backends.azure.session import AzureSession
 from amlft.config import Profile
 from amlft.console import Console
 from amlft.errors import AmlftError, DeploymentError, ServiceError
+from amlft.extras import needs_extra
 from amlft.records import RunRecord, now_iso
 
 TAG_RUN = "amlft-run-id"
@@ -28,7 +29,8 @@ LOG_LINES = 60
 
 def begin_endpoint(sess: AzureSession, record: RunRecord, name: str, *, console: Console) -> None:
     """Start creating the run's endpoint (recorded first); does not wait for it."""
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
+    with needs_extra("azure", purpose="Azure online endpoints"):
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
 
     existing = [r for r in record.resources(EP_KIND, live_only=True) if r["name"] == name]
     if existing:
@@ -121,7 +123,8 @@ def owned_by(ep: Any, run_id: str) -> bool:
 def deploy(sess: AzureSession, record: RunRecord, prof: Profile, *, endpoint_name: str, model_ref: str,
            console: Console, keep_on_failure: bool) -> dict[str, Any]:
     """Deployment + 100% traffic. On failure: log tail, delete what this run created, raise."""
-    from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
+    with needs_extra("azure", purpose="Azure online endpoints"):
+        from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
     e = prof.endpoint
     if not record.resources(EP_KIND, live_only=True):

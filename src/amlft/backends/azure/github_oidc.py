@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from amlft.extras import needs_extra
+
 if TYPE_CHECKING:  # pragma: no cover
     from azure.core.credentials import TokenCredential
 
@@ -57,7 +59,8 @@ def credential_from_environment(environ: Mapping[str, str] | None = None) -> Tok
     if not (request_url and request_token and client_id and tenant_id):
         return None
 
-    from azure.identity import ClientAssertionCredential
+    with needs_extra("azure", purpose="GitHub OIDC sign-in to Azure"):
+        from azure.identity import ClientAssertionCredential
 
     fetcher = GitHubOidcTokenFetcher(request_url, request_token)
     kwargs = {}
@@ -92,7 +95,8 @@ class GitHubOidcTokenFetcher:
         return f"GitHubOidcTokenFetcher(url={_redact_url(self._url)!r})"
 
     def __call__(self) -> str:
-        from azure.core.exceptions import ClientAuthenticationError
+        with needs_extra("azure", purpose="GitHub OIDC sign-in to Azure"):
+            from azure.core.exceptions import ClientAuthenticationError
 
         last_problem = "no attempt made"
         for attempt in range(1, self._attempts + 1):
@@ -126,7 +130,8 @@ class GitHubOidcTokenFetcher:
 
 
 def _token_from_body(body: bytes) -> str:
-    from azure.core.exceptions import ClientAuthenticationError
+    with needs_extra("azure", purpose="GitHub OIDC sign-in to Azure"):
+        from azure.core.exceptions import ClientAuthenticationError
 
     try:
         value = json.loads(body.decode("utf-8")).get("value")

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from amlft.extras import needs_extra
+
 # Keep in step with the parameter defaults in infra/main.bicep (tests/test_infra.py checks it).
 INFRA_DEFAULTS: dict[str, Any] = {
     "computeClusterName": "gpu-a100",
@@ -94,7 +96,8 @@ def check_workspace_against_infra(ml_client: Any, profile: Any, *,
     infrastructure defines): it exists, scales to zero, and scales down when idle no later
     than the infrastructure says. Never raises for what it finds; every problem is a finding.
     """
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    with needs_extra("azure", purpose="Checking Azure infrastructure"):
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     path = parameters_path or find_parameters_file()
     expected = load_infra_parameters(path)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from amlft.errors import AmlftError, AuthError, ServiceError
+from amlft.extras import needs_extra
 
 T = TypeVar("T")
 TRANSIENT = {408, 429, 500, 502, 503, 504}
@@ -30,7 +31,8 @@ _HINTS = {
 
 def translate(exc: BaseException, what: str, *, hint: str | None = None) -> AmlftError | None:
     """The amlft error for an SDK exception, or None when `exc` is not a service/auth failure."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+    with needs_extra("azure", purpose="Reading Azure errors"):
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
     try:
         from azure.identity import CredentialUnavailableError
@@ -42,7 +44,8 @@ def translate(exc: BaseException, what: str, *, hint: str | None = None) -> Amlf
         return AuthError(f"{what}: no usable Azure credential ({_first_line(exc)}).",
                          hint="Run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ a secret or federated "
                               "token) for a service principal; in GitHub Actions use azure/login with OIDC.")
-    from azure.ai.ml.exceptions import MlException
+    with needs_extra("azure", purpose="Reading Azure errors"):
+        from azure.ai.ml.exceptions import MlException
 
     if isinstance(exc, MlException):
         # The SDK checks some answers itself (e.g. a registry asset that does not exist) and raises

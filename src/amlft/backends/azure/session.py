@@ -13,6 +13,7 @@ from typing import Any
 from amlft.config import Profile
 from amlft.console import Console
 from amlft.context import StepContext
+from amlft.extras import needs_extra
 
 
 @dataclass
@@ -40,7 +41,8 @@ def client_kwargs(rehearse: bool, console: Console) -> dict[str, Any]:
 
     Rehearsals do not sleep the announced waits: the fake's clock is virtual.
     """
-    from amlft.backends.azure.retries import VisibleRetryPolicy
+    with needs_extra("azure", purpose="The Azure backend"):  # retries.py subclasses azure-core's RetryPolicy
+        from amlft.backends.azure.retries import VisibleRetryPolicy
 
     policy = VisibleRetryPolicy(announce=console.warn, time_scale=0.0 if rehearse else 1.0)
     return {"show_progress": False, "retry_policy": policy}
@@ -58,11 +60,10 @@ def open_session(ctx: StepContext) -> AzureSession:
 def connect(prof: Profile, *, rehearse: bool, faults: list[str], console: Console, root: Path | None = None) -> AzureSession:
     """Credential + workspace client + registry client (against the fake when rehearsing)."""
     from amlft.backends.azure import service
-    from amlft.errors import require
 
-    require("azure.ai.ml", extra="azure", purpose="The Azure backend")
+    with needs_extra("azure", purpose="The Azure backend"):
+        from azure.ai.ml import MLClient
     service.quiet_sdk_logs()
-    from azure.ai.ml import MLClient
 
     kwargs = client_kwargs(rehearse, console)
     if rehearse:

@@ -44,7 +44,8 @@ class OrtGenaiEngine(BatchScheduler):
 
     # ---- model -----------------------------------------------------------------------------
     def _load(self, device: str, threads: int | None) -> None:
-        from amlft.errors import ConfigError, require
+        from amlft.errors import ConfigError
+        from amlft.extras import require
 
         if not (self.model_dir / "genai_config.json").is_file():
             hint = ("This is a transformers folder: export it first (amlft export --model-dir "
