@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--sides", default="amlft,hf_trainer,trl_sft")
     ap.add_argument("--peer-threads", type=int, default=None,
                     help="torch threads for the peers (default: torch's own default, as their users run them)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for EVERY side, amlft included (a control: the training step alone)")
     ap.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "amlft-bench",
                     help="where the converted SmolLM2 folder is cached")
     args = ap.parse_args()
@@ -253,13 +255,15 @@ def main() -> None:
         hp = effective_hyperparameters({"max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
                                         "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                                         "max_seq_length": args.max_seq_length, "warmup_steps": 0})
+        hp["threads"] = args.threads  # amlft's TrainConfig.threads (None: the idle cores)
+        peer_threads = args.threads or args.peer_threads
         sides = [s for s in args.sides.split(",") if s]
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
         orders = [sides, sides[::-1]][: max(1, args.rounds)]
         for order in orders:
             for name in order:
                 r = run_side(name, model_dir, data, work, hp, default_threads=default_threads,
-                             peer_threads=args.peer_threads)
+                             peer_threads=peer_threads)
                 r["tokens_per_s"] = r["tokens"] / r["seconds"]
                 r["load_average"] = load_average()
                 results[name].append(r)
@@ -278,7 +282,7 @@ def main() -> None:
     doc = summary("training", amlft=mean.get("amlft", 0.0), peers=peers, unit="non-padding tokens/s",
                   model=label, steps=args.steps, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
                   dtype=str(_dtype()).replace("torch.", ""), rounds=len(orders),
-                  peer_threads=args.peer_threads or default_threads,
+                  peer_threads=args.threads or args.peer_threads or default_threads, amlft_threads=args.threads,
                   runs={k: [{"tokens_per_s": round(r["tokens_per_s"], 1), "seconds": r["seconds"],
                              "threads": r["threads"], "load_average": r["load_average"]} for r in v]
                         for k, v in results.items()})
