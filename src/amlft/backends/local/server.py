@@ -105,6 +105,10 @@ def launch(model_dir: Path, *, key: str, host: str = "127.0.0.1", port: int = 0,
     if not key:
         raise DeploymentError("Refusing to start a scoring server without a key.",
                               hint="Pass the endpoint key (amlft generates one at deploy).")
+    with needs_extra("local", purpose="The local scoring server"):
+        # fail here, naming the extra, rather than in the detached server's log after a ready timeout
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
     model_dir, log_path = Path(model_dir), Path(log_path)
     if engine == "transformers" and not (model_dir / "config.json").is_file():
         raise DeploymentError(f"{model_dir} is not a transformers model folder (no config.json).",
