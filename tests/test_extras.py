@@ -203,6 +203,43 @@ def test_export_without_onnxruntime_genai_names_the_onnx_extra(tmp_path: Path, m
     assert_names_extra(out, "onnx")
 
 
+def test_export_without_torch_names_the_pinned_local_extra(tmp_path: Path, model_folder: Path) -> None:
+    """The builder reads the weights with torch: its absence gets the pinned torch command, not a bare extra."""
+    out = amlft_without("torch", "export", "--model-dir", str(model_folder), "--out", "onnx",
+                        home=tmp_path / "home", cwd=tmp_path)
+    assert_names_extra(out, "local")
+    assert "'torch'" in out.stderr
+
+
+@pytest.mark.parametrize("hidden", ["starlette", "uvicorn"])
+def test_local_deploy_without_the_server_packages_names_the_local_extra(hidden: str, tmp_path: Path,
+                                                                        model_folder: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Said by `amlft deploy` itself, before a detached server is started (not buried in the server's log)."""
+    from amlft.config import Profile
+    from amlft.records import RunRecord
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("AMLFT_HOME", str(home))
+    rec = RunRecord.create(backend="local", profile=Profile.from_yaml(Path(LOCAL)).to_dict(), profile_path=LOCAL)
+    rec.set_output("register", model_dir=str(model_folder), name="local-demo-ft", version="1")
+    out = amlft_without(hidden, "deploy", "--run", rec.run_id, home=home, cwd=tmp_path)
+    assert_names_extra(out, "local")
+    assert f"The local scoring server needs the Python package '{hidden}'" in out.stderr
+    assert "pid" not in RunRecord.load(rec.run_id).output("deploy")  # nothing was started
+
+
+def test_loss_curve_without_matplotlib_names_an_extra_that_installs_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from amlft.backends.local.train_main import plot_loss_curve
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if matplotlib were not installed
+    with pytest.raises(MissingDependency) as err:
+        plot_loss_curve([{"step": 1, "loss": 2.0}], tmp_path / "loss.png", title="t")
+    assert err.value.package == "matplotlib" and "Drawing the loss curve" in err.value.message
+    assert err.value.extra == "bench"
+
+
 # -------------------------------------------------------------------- verbs that need no extra
 def test_local_auth_needs_no_torch(tmp_path: Path) -> None:
     assert_works(amlft_without("torch,transformers,peft,mlflow", "auth", "--profile", LOCAL,

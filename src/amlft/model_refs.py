@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.errors import ConfigError
+from amlft.extras import needs_extra
 
 PROBE_TIMEOUT_S = 3.0
 OFFLINE_CHOICES = ("use a local folder (model.path), a GGUF file (model.gguf), the shipped real model "
@@ -36,7 +37,8 @@ def looks_like_folder(ref: str) -> bool:
 
 def cached(ref: str, filename: str) -> str | None:
     """The locally cached copy of one file of hub repo `ref`, or None (never touches the network)."""
-    from huggingface_hub import try_to_load_from_cache
+    with needs_extra("hub", purpose="Resolving a Hugging Face model id"):
+        from huggingface_hub import try_to_load_from_cache
 
     try:
         found = try_to_load_from_cache(ref, filename)
@@ -61,13 +63,14 @@ def check_hub_model(ref: str, *, what: str = "model.hub_id", filename: str = PRO
         raise ConfigError(f"{what} {ref} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
                           hint="Unset HF_HUB_OFFLINE (with network access) or fill the cache first (hf download); "
                                f"offline, {OFFLINE_CHOICES}.")
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
+    with needs_extra("hub", purpose="Resolving a Hugging Face model id"):
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+        )
 
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     try:
@@ -97,7 +100,8 @@ def check_hub_model(ref: str, *, what: str = "model.hub_id", filename: str = PRO
 
 def load_tokenizer(ref: str, *, what: str = "tokenizer", **kwargs: Any) -> Any:
     """AutoTokenizer for a folder or hub id, failing fast and clearly (see the module docstring)."""
-    from transformers import AutoTokenizer
+    with needs_extra("local", purpose="Loading the model's tokenizer"):
+        from transformers import AutoTokenizer
 
     if looks_like_folder(ref):
         return AutoTokenizer.from_pretrained(str(require_folder(ref, what=what)), **kwargs)

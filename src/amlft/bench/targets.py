@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from amlft.console import Console
 from amlft.errors import ConfigError
+from amlft.extras import needs_extra
 
 
 class TargetSpec(BaseModel):
@@ -177,7 +178,8 @@ def resolve_run(spec: TargetSpec, console: Console) -> tuple[Target, Any]:
     profile = Profile.from_dict(record.profile, source=f"run {record.run_id}")
     ctx = StepContext(profile=profile, record=record, console=console, rehearse=record.rehearse,
                       faults=list(record.data.get("faults") or []))
-    backend = get_backend(record.backend)
+    with needs_extra(record.backend, purpose=f"The {record.backend} backend"):  # local imports psutil at module level
+        backend = get_backend(record.backend)
     info = backend.endpoint(ctx)
     contract = spec.contract or info.contract
     if contract == "openai":

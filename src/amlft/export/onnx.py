@@ -34,6 +34,7 @@ from typing import Any
 from amlft.errors import AmlftError, ConfigError, MissingDependency
 from amlft.export import MANIFEST, PRECISIONS
 from amlft.export.sources import ModelSource
+from amlft.extras import INSTALL_HINT, extra_for, needs_extra
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
 # What the builder accepts (it prints this list itself); fp16 and bf16 on CPU are not among them.
@@ -54,8 +55,13 @@ def require_onnx_extra(purpose: str = "Exporting to ONNX Runtime GenAI") -> None
     """Fail fast, without importing anything heavy, when a module the builder needs is missing."""
     for module, package in BUILDER_NEEDS.items():
         if importlib.util.find_spec(module) is None:
-            extra = "local" if module in ("torch", "transformers") else "onnx"
-            raise MissingDependency(package, extra=extra, purpose=purpose)
+            # the same extra and install hint as `needs_extra` (a missing torch gets the pinned command),
+            # naming the pip package rather than the import name
+            extra = extra_for(module) or "onnx"
+            err = MissingDependency(package, extra=extra, purpose=purpose)
+            if extra in INSTALL_HINT:
+                err.hint = INSTALL_HINT[extra]
+            raise err
 
 
 def supported_architectures() -> list[str]:
@@ -154,9 +160,10 @@ def _merge_adapter(source: ModelSource, staged: Path, *, console: Any) -> None:
     """Fold the LoRA weights into the base model (W + BA) and save a plain transformers folder."""
     assert source.adapter_dir is not None and source.weights_dir is not None
     with console.progress("merging the LoRA adapter", total=3, unit="steps") as bar:
-        import torch  # noqa: F401  (peft needs it; imported here so a missing torch fails in this step)
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        with needs_extra("local", purpose="Exporting to ONNX Runtime GenAI"):
+            import torch  # noqa: F401  (peft needs it; imported here so a missing torch fails in this step)
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
         bar.update(0, status=f"loading base model {source.weights_dir}")
         base = AutoModelForCausalLM.from_pretrained(source.weights_dir, dtype="float32")
@@ -256,7 +263,8 @@ def carry_chat_template(source: ModelSource, out_dir: Path, *, name: str) -> str
     jinja = out_dir / "chat_template.jinja"
     if not jinja.is_file():
         jinja.write_text(template, encoding="utf-8")
-    import onnxruntime_genai as og
+    with needs_extra("onnx", purpose="Exporting to ONNX Runtime GenAI"):
+        import onnxruntime_genai as og
 
     tokenizer = og.Tokenizer(og.Model(str(out_dir)))
     prompt = tokenizer.apply_chat_template(json.dumps([{"role": "user", "content": "{Content}"}]),
@@ -268,7 +276,8 @@ def carry_chat_template(source: ModelSource, out_dir: Path, *, name: str) -> str
 
 def verify_loads(out_dir: Path, *, max_new_tokens: int = 8) -> dict[str, Any]:
     """Load the folder with onnxruntime_genai.Model and decode a few greedy tokens."""
-    import onnxruntime_genai as og
+    with needs_extra("onnx", purpose="Exporting to ONNX Runtime GenAI"):
+        import onnxruntime_genai as og
 
     config = json.loads((out_dir / "genai_config.json").read_text(encoding="utf-8"))
     providers = [p for opt in config["model"]["decoder"]["session_options"].get("provider_options", [])

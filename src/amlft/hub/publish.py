@@ -18,7 +18,7 @@ from typing import Any
 
 from amlft.console import Console
 from amlft.errors import AuthError, ConfigError, ServiceError
-from amlft.extras import require
+from amlft.extras import needs_extra, require
 from amlft.hub.plan import PublishPlan, RepoPlan
 from amlft.hub.token import HubToken, check_write_access, redact
 
@@ -73,7 +73,8 @@ def _push_repo(hub: Any, api: Any, repo: RepoPlan, *, private: bool, console: Co
 
 @contextlib.contextmanager
 def _hub_errors(token: HubToken, endpoint: str) -> Iterator[None]:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    with needs_extra("hub", purpose="Publishing to the Hugging Face Hub"):
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     try:
         yield

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amlft.errors import AuthError, ServiceError
+from amlft.extras import needs_extra, require
 
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 
@@ -33,8 +34,6 @@ def find_token() -> HubToken:
         value = (os.environ.get(var) or "").strip()
         if value:
             return HubToken(value, f"the {var} environment variable")
-    from amlft.extras import require
-
     hub = require("huggingface_hub", extra="hub", purpose="Publishing to the Hugging Face Hub")
     cached = hub.get_token()
     if cached:
@@ -52,7 +51,8 @@ def redact(text: str, token: HubToken | str | None) -> str:
 
 def check_write_access(api: Any, token: HubToken, namespaces: list[str]) -> str:
     """Prove the token is valid and may write to every namespace; return the user name."""
-    from huggingface_hub.errors import HfHubHTTPError
+    with needs_extra("hub", purpose="Publishing to the Hugging Face Hub"):
+        from huggingface_hub.errors import HfHubHTTPError
 
     try:
         info = api.whoami(token=token.value)

@@ -35,6 +35,7 @@ from amlft.errors import (
     TrainingError,
     WaitTimeout,
 )
+from amlft.extras import needs_extra
 from amlft.records import delete_secrets, load_secret, store_secret
 
 TRAIN_PROCESS = "local.train_process"
@@ -525,7 +526,8 @@ class LocalBackend:
     @staticmethod
     def _registry_card(name: str, base_model: str, run_id: str) -> str:
         """The README stored with the registered model: front matter through huggingface_hub's card API."""
-        from huggingface_hub import ModelCard, ModelCardData
+        with needs_extra("hub", purpose="Writing the registered model's card"):
+            from huggingface_hub import ModelCard, ModelCardData
 
         hub_id = base_model.count("/") == 1 and not Path(base_model).exists()  # owner/name, not a local folder
         data = ModelCardData(library_name="transformers", tags=["amlft", "lora"],

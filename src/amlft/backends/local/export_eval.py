@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.errors import RecordError
+from amlft.extras import needs_extra
 from amlft.records import RunRecord
 
 AGREEMENT_METRIC = "greedy token agreement with the PyTorch model"
@@ -29,9 +30,10 @@ DEFAULT_MAX_NEW_TOKENS = 32
 def evaluate_export(record: RunRecord, entry: dict[str, Any], console: Any, *, key: str,
                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict[str, Any]:
     """Evaluate the export at entry["path"] on the run's held-out prompts; record it in outputs.eval."""
-    import onnxruntime_genai as og
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with needs_extra("onnx", purpose="Evaluating an ONNX export"):
+        import onnxruntime_genai as og
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from amlft.backends.local import chat
     from amlft.backends.local.export_run import run_model_dir

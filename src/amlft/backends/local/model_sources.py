@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.errors import ConfigError
+from amlft.extras import needs_extra
 
 MARKER = "amlft_gguf.json"  # written last: a folder without it is an interrupted conversion
 
@@ -176,7 +177,8 @@ def _stepper(report: Report | None, *, total: int) -> Callable[[str], None]:
 
 
 def _load_gguf_tokenizer(gguf: Path) -> Any:
-    from transformers import AutoTokenizer
+    with needs_extra("local", purpose="Loading a GGUF model"):
+        from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -190,8 +192,9 @@ def _load_gguf_tokenizer(gguf: Path) -> Any:
 
 
 def _load_gguf_model(gguf: Path) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
+    with needs_extra("local", purpose="Loading a GGUF model"):
+        import torch
+        from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -203,8 +206,9 @@ def _load_gguf_model(gguf: Path) -> Any:
 
 def _rebuilt(model: Any) -> Any:
     """A plain (not 'quantized') copy of a dequantized GGUF model, so save_pretrained accepts it."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    with needs_extra("local", purpose="Loading a GGUF model"):
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
 
     config = model.config
     for attr in ("quantization_config", "_pre_quantization_dtype"):

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from amlft.extras import needs_extra
+
 EXPERIMENT = "amlft-local"
 
 
@@ -35,7 +37,8 @@ def _offline_quiet() -> Iterator[None]:
     transformers chatter (their INFO lines and progress bars would bury the lifecycle's output)."""
     import logging
 
-    from transformers.utils import logging as hf_logging
+    with needs_extra("local", purpose="The local MLflow model registry"):
+        from transformers.utils import logging as hf_logging
 
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -57,7 +60,8 @@ def _offline_quiet() -> Iterator[None]:
 
 
 def _client(state: Path) -> Any:
-    import mlflow
+    with needs_extra("local", purpose="The local MLflow model registry"):
+        import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(state))
     mlflow.set_registry_uri(tracking_uri(state))
@@ -80,11 +84,12 @@ def register_model(state: Path, *, name: str, model_dir: Path, run_name: str, pa
 
     Returns {name, version, model_uri, mlflow_run_id, tracking_uri}.
     """
-    import accelerate
-    import mlflow
-    import torch
-    import transformers
-    from huggingface_hub import ModelCard
+    with needs_extra("local", purpose="The local MLflow model registry"):
+        import accelerate
+        import mlflow
+        import torch
+        import transformers
+        from huggingface_hub import ModelCard
 
     with _offline_quiet():
         client = _client(state)
@@ -120,7 +125,8 @@ def register_model(state: Path, *, name: str, model_dir: Path, run_name: str, pa
 
 def delete_model_version(state: Path, *, name: str, version: str) -> bool:
     """Idempotent: True if it was there and is now gone; the registered model goes with its last version."""
-    from mlflow.exceptions import MlflowException
+    with needs_extra("local", purpose="The local MLflow model registry"):
+        from mlflow.exceptions import MlflowException
 
     client = _client(state)
     try:
@@ -134,7 +140,8 @@ def delete_model_version(state: Path, *, name: str, version: str) -> bool:
 
 
 def model_version_exists(state: Path, *, name: str, version: str) -> bool:
-    from mlflow.exceptions import MlflowException
+    with needs_extra("local", purpose="The local MLflow model registry"):
+        from mlflow.exceptions import MlflowException
 
     try:
         _client(state).get_model_version(name, version)
@@ -152,7 +159,8 @@ def register_export(state: Path, *, name: str, export_dir: Path, tags: dict[str,
     the fine-tune's MLflow run when there is one, so `mlflow ui` shows it beside the model.
     Returns {name, version, model_uri, artifact_uri, mlflow_run_id}.
     """
-    from mlflow.exceptions import MlflowException
+    with needs_extra("local", purpose="The local MLflow model registry"):
+        from mlflow.exceptions import MlflowException
 
     artifact_path = f"exports/{export_dir.name}"
     with _offline_quiet():

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from amlft.extras import needs_extra
+
 GIB = 1024**3
 RUNTIME_OVERHEAD = int(1.0 * GIB)  # python + torch + transformers, measured ~0.8 GiB on CPU
 # Parameter counts of well-known hub models, so `check` can answer offline.
@@ -27,7 +29,8 @@ KNOWN_PARAMS = {
 
 def available_memory_bytes() -> int:
     """RAM available to a new process (MemAvailable on Linux), not just 'free'."""
-    import psutil
+    with needs_extra("local", purpose="Checking available memory"):
+        import psutil
 
     return int(psutil.virtual_memory().available)
 
@@ -41,7 +44,8 @@ def free_disk_bytes(path: Path) -> int:
 
 def gpus() -> list[dict[str, Any]]:
     """Visible CUDA GPUs with their free memory (empty on CPU-only torch)."""
-    import torch
+    with needs_extra("local", purpose="Detecting GPUs"):
+        import torch
 
     out = []
     if torch.cuda.is_available():
@@ -61,13 +65,15 @@ def count_parameters(model_ref: str, *, trust_remote_code: bool = False) -> tupl
     """
     import contextlib
 
-    from transformers import AutoConfig, AutoModelForCausalLM
+    with needs_extra("local", purpose="Sizing the base model"):
+        from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = None
     with contextlib.suppress(Exception):
         cfg = AutoConfig.from_pretrained(model_ref, trust_remote_code=trust_remote_code, local_files_only=True)
     if cfg is not None:
-        import torch
+        with needs_extra("local", purpose="Sizing the base model"):
+            import torch
 
         try:
             with torch.device("meta"):

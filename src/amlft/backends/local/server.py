@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from amlft.backends.local import processes
 from amlft.errors import DeploymentError
+from amlft.extras import needs_extra
 
 if TYPE_CHECKING:
     import uvicorn
@@ -104,6 +105,10 @@ def launch(model_dir: Path, *, key: str, host: str = "127.0.0.1", port: int = 0,
     if not key:
         raise DeploymentError("Refusing to start a scoring server without a key.",
                               hint="Pass the endpoint key (amlft generates one at deploy).")
+    with needs_extra("local", purpose="The local scoring server"):
+        # fail here, naming the extra, rather than in the detached server's log after a ready timeout
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
     model_dir, log_path = Path(model_dir), Path(log_path)
     if engine == "transformers" and not (model_dir / "config.json").is_file():
         raise DeploymentError(f"{model_dir} is not a transformers model folder (no config.json).",
@@ -297,7 +302,8 @@ class Job:
 
 async def start_job(state: State, messages: list[dict[str, str]], params: GenParams, *, stream: bool) -> Job:
     """Admit, then tokenize (in a thread), then queue: no work for a request that would be refused."""
-    from starlette.concurrency import run_in_threadpool
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.concurrency import run_in_threadpool
 
     from amlft.backends.local.engines import Overloaded, PromptTooLong, ShuttingDown
     from amlft.serving import ContractError
@@ -385,7 +391,8 @@ async def wait_job(state: State, request: Request, job: Job) -> GenRequest:
 
 # ---- routes --------------------------------------------------------------------------------
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    from starlette.responses import Response
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.responses import Response
 
     return Response(json.dumps(payload, ensure_ascii=False), status_code=status, headers=headers,
                     media_type="application/json")
@@ -404,7 +411,8 @@ def _usage(req: GenRequest) -> dict[str, int]:
 
 
 def make_routes(state: State) -> list[Any]:
-    from starlette.routing import Route
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.routing import Route
 
     from amlft.backends.local.engines import make_params
     from amlft.serving import ContractError, parse_azureml_body, parse_chat_body
@@ -474,7 +482,8 @@ async def stream_response(state: State, request: Request, job: Job, meta: dict[s
     """SSE: `data: {chunk}` events, then `data: [DONE]`. Until the first text arrives a failure is
     still a proper status code; after that it is an error event. A client that disconnects makes
     Starlette cancel this generator, which cancels the generation at once."""
-    from starlette.responses import StreamingResponse
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.responses import StreamingResponse
 
     engine = state.ready_engine()
     assert job.deltas is not None
@@ -525,7 +534,8 @@ async def stream_response(state: State, request: Request, job: Job, meta: dict[s
 
 
 def _error_response(request: Request, exc: Exception) -> Response:
-    from starlette.exceptions import HTTPException
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.exceptions import HTTPException
 
     if isinstance(exc, ApiError):
         status, message, kind, headers = exc.status, exc.message, exc.kind, exc.headers
@@ -539,7 +549,8 @@ def _error_response(request: Request, exc: Exception) -> Response:
     else:
         log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         status, message, kind, headers = 500, f"internal error: {type(exc).__name__}", "server_error", {}
-    from starlette.responses import Response
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.responses import Response
 
     return Response(error_body(status, message, kind), status_code=status, headers=headers,
                     media_type="application/json")
@@ -551,8 +562,9 @@ async def _async_error_response(request: Request, exc: Exception) -> Response:
 
 def create_app(state: State) -> Starlette:
     """The ASGI application: routes, JSON errors for every status, one access-log line per request."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
+    with needs_extra("local", purpose="The local scoring server"):
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
 
     app = Starlette(routes=make_routes(state),
                     exception_handlers={ApiError: _async_error_response, HTTPException: _async_error_response,
@@ -596,7 +608,8 @@ def _raw_json_response(status: int, reason: str, message: str, kind: str, extra:
 
 def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol with JSON errors, a connection cap and an idle timeout from the start."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    with needs_extra("local", purpose="The local scoring server"):
+        from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class AmlftH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -625,7 +638,8 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
 
 
 def uvicorn_server(app: Starlette, settings: Settings) -> uvicorn.Server:
-    import uvicorn
+    with needs_extra("local", purpose="The local scoring server"):
+        import uvicorn
 
     config = uvicorn.Config(app, http=protocol_class(settings), lifespan="off", log_config=None,
                             access_log=False, server_header=False, date_header=False,

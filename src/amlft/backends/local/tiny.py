@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.backends.local.chat import encode_conversation, read_conversations, texts_of
+from amlft.extras import needs_extra
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -57,8 +58,9 @@ def _default_corpus_files() -> list[Path]:
 
 def train_tokenizer(corpus: Iterable[str], *, vocab_size: int) -> Any:
     """A byte-level BPE tokenizer (no unknown tokens) wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    with needs_extra("local", purpose="Building the tiny test model"):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -86,8 +88,9 @@ def build_tiny_model(out_dir: Path, *, corpus: Iterable[str] | None = None, seed
     Same inputs and seed give the same weights; a folder already built with the same
     settings is reused as is (the settings are kept in amlft_tiny.json).
     """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    with needs_extra("local", purpose="Building the tiny test model"):
+        import torch
+        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     settings = dict(DEFAULTS, **overrides)
@@ -133,7 +136,8 @@ def build_tiny_model(out_dir: Path, *, corpus: Iterable[str] | None = None, seed
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, max_new_tokens=64,
                                                do_sample=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging as hf_logging
+    with needs_extra("local", purpose="Building the tiny test model"):
+        from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a one-shard progress bar is noise in the lifecycle's output
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -155,7 +159,8 @@ def _pretrain(model: Any, tokenizer: Any, conversations: list[list[dict[str, str
     and on plain texts (so no token keeps an untrained embedding that LoRA cannot fix)."""
     import random
 
-    import torch
+    with needs_extra("local", purpose="Building the tiny test model"):
+        import torch
 
     steps = int(settings["pretrain_steps"])
     limit = settings["max_position_embeddings"]

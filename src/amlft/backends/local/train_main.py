@@ -15,6 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from amlft.extras import needs_extra
+
 RESULT = "result.json"
 
 
@@ -22,10 +24,11 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path, *, title: str) ->
     """Training loss per step as a PNG (matplotlib Agg: no display needed)."""
     if not history:
         return None
-    import matplotlib
+    with needs_extra("bench", purpose="Drawing the loss curve"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     steps = [h["step"] for h in history]
     losses = [h["loss"] for h in history]

@@ -35,6 +35,7 @@ from typing import Any
 
 from amlft.backends.local.chat import IGNORE_INDEX, encode_conversation, encode_prompt, read_conversations
 from amlft.errors import ConfigError, TrainingError
+from amlft.extras import needs_extra
 from amlft.model_refs import hub_offline
 
 # Azure component inputs that only make sense on Azure; accepted and ignored here.
@@ -158,7 +159,8 @@ class Status:
 # ------------------------------------------------------------------------ loading
 def pick_device(requested: str) -> tuple[str, Any]:
     """(device, dtype): CUDA with bf16 where supported, else fp32 on CPU."""
-    import torch
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
         raise TrainingError("local.device is 'cuda' but no CUDA GPU is visible.",
@@ -170,7 +172,8 @@ def pick_device(requested: str) -> tuple[str, Any]:
 
 def load_tokenizer_and_model(model_ref: str, *, dtype: Any, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load from a local folder or a hub id; without network a hub id fails with what to do."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with needs_extra("local", purpose="LoRA training"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from amlft.model_refs import check_hub_model, looks_like_folder, require_folder
 
@@ -254,7 +257,8 @@ def plan_for_steps(lengths: list[int], cfg: TrainConfig) -> tuple[list[list[int]
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-pad to the longest row of this batch only."""
-    import torch
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
 
     width = max(len(ids) for ids, _ in examples)
     ids_t = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -312,7 +316,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, st
 
     finished_only: an answer still going at max_new_tokens comes back as "" (cut mid-sentence).
     """
-    import torch
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][-1]["content"]))  # similar lengths batch well
     answers: dict[int, str] = {}
@@ -346,7 +351,8 @@ def _as_list(value: Any) -> list[int]:
 def heldout_loss(model: Any, tokenizer: Any, examples: list[tuple[list[int], list[int]]], *,
                  device: str) -> float | None:
     """Mean loss per assistant token over the held-out conversations."""
-    import torch
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
 
     if not examples:
         return None
@@ -426,7 +432,8 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 def save_checkpoint(model: Any, optimizer: Any, scheduler: Any, ckpt_root: Path, step: int,
                     history: list[dict[str, Any]]) -> Path:
     """Adapter + optimizer/scheduler/RNG state; written to a temp folder then renamed (atomic)."""
-    import torch
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
 
     final = ckpt_root / f"checkpoint-{step}"
     tmp = ckpt_root / f".checkpoint-{step}.tmp"
@@ -444,9 +451,10 @@ def save_checkpoint(model: Any, optimizer: Any, scheduler: Any, ckpt_root: Path,
 
 def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
     """Restore adapter, optimizer, scheduler and RNG state; (step, history) to continue from."""
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
     state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # tensors and plain containers only
     set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
@@ -471,9 +479,10 @@ def lora_targets(value: str) -> str | list[str]:
 # ------------------------------------------------------------------------ the run
 def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) one fine-tune; returns the result written to result.json."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import get_scheduler
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import get_scheduler
 
     train_dir = Path(cfg.train_dir)
     ckpt_root = train_dir / "checkpoints"
@@ -606,7 +615,8 @@ def label_loss(model: Any, batch: dict[str, Any]) -> Any:
     logits that loss computes and throws away (71% of the tokens of the benchmark's chat data).
     Models that post-process logits (soft-capping, scaling) or hide their decoder take the
     plain path."""
-    import torch.nn.functional as F
+    with needs_extra("local", purpose="LoRA training"):
+        import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
@@ -629,7 +639,8 @@ def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
     Returns the tokens processed. progress.jsonl is rewritten from `history` first, so a
     resumed run does not show the steps lost with the killed process twice.
     """
-    import torch
+    with needs_extra("local", purpose="LoRA training"):
+        import torch
 
     train_dir = Path(cfg.train_dir)
     accum = cfg.gradient_accumulation_steps

@@ -45,7 +45,7 @@ class OrtGenaiEngine(BatchScheduler):
     # ---- model -----------------------------------------------------------------------------
     def _load(self, device: str, threads: int | None) -> None:
         from amlft.errors import ConfigError
-        from amlft.extras import require
+        from amlft.extras import needs_extra, require
 
         if not (self.model_dir / "genai_config.json").is_file():
             hint = ("This is a transformers folder: export it first (amlft export --model-dir "
@@ -55,7 +55,8 @@ class OrtGenaiEngine(BatchScheduler):
             raise ConfigError(f"{self.model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json).",
                               hint=hint)
         og = require("onnxruntime_genai", extra="onnx", purpose="The onnxruntime-genai engine")
-        from transformers import AutoTokenizer
+        with needs_extra("local", purpose="The ONNX Runtime GenAI scoring engine"):
+            from transformers import AutoTokenizer
 
         self.og = og
         genai = json.loads((self.model_dir / "genai_config.json").read_text(encoding="utf-8"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from amlft.backends.local.engines.base import EngineOptions, GenParams, GenRequest, PromptTooLong
 from amlft.backends.local.engines.scheduler import BatchScheduler, find_stop
+from amlft.extras import needs_extra
 
 log = logging.getLogger("amlft.server")
 CANDIDATE_ROLES = ("system", "user", "assistant")
@@ -41,8 +42,9 @@ class TransformersEngine(BatchScheduler):
         if not (self.model_dir / "config.json").is_file():
             raise ConfigError(f"{self.model_dir} is not a transformers model folder (no config.json).",
                               hint="Point --model-dir at the registered model's folder (outputs.register.model_dir).")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        with needs_extra("local", purpose="The transformers scoring engine"):
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
@@ -125,7 +127,8 @@ class TransformersEngine(BatchScheduler):
         control.collect(out.cpu())
 
     def _config(self, p: GenParams, max_new_tokens: int) -> Any:
-        from transformers import GenerationConfig
+        with needs_extra("local", purpose="The transformers scoring engine"):
+            from transformers import GenerationConfig
 
         # Unset knobs fall back to the model's generation_config, as the HF pipeline behind Azure does.
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=p.do_sample, pad_token_id=self.pad_id)
