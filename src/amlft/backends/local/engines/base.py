@@ -166,3 +166,36 @@ def create_engine(name: str, model_dir: Path, options: EngineOptions) -> Generat
     module, _, cls = ENGINES[name].partition(":")
     engine: GenerationEngine = getattr(importlib.import_module(module), cls)(Path(model_dir), options)
     return engine
+
+
+CANDIDATE_ROLES = ("system", "user", "assistant")
+
+
+def template_roles(tokenizer: Any) -> tuple[str, ...]:
+    """The roles a chat template renders (a template may refuse, e.g., a system turn): what the
+    server lets a request use. Shared by every engine that renders with the model's template."""
+    from amlft.backends.local.chat import render
+
+    roles = []
+    for role in CANDIDATE_ROLES:
+        convo = [{"role": role, "content": "probe"}]
+        if role == "assistant":
+            convo = [{"role": "user", "content": "hi"}, *convo]
+        try:
+            if "probe" in render(tokenizer, convo):
+                roles.append(role)
+        except Exception:  # jinja's raise_exception: the template does not take this role
+            continue
+    return tuple(roles) or CANDIDATE_ROLES
+
+
+def encode_within_context(tokenizer: Any, messages: list[dict[str, str]], context_length: int | None) -> list[int]:
+    """The chat template with the assistant turn opened, as token ids - control-token text inside
+    message content stays ordinary text (no role forgery) - or PromptTooLong when it leaves no room."""
+    from amlft.backends.local.chat import encode_prompt
+
+    ids = list(encode_prompt(tokenizer, messages))
+    if context_length and len(ids) >= context_length:
+        raise PromptTooLong(f"the conversation is {len(ids)} tokens; this model reads at most "
+                            f"{context_length - 1} (shorten the messages)")
+    return ids

@@ -25,11 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amlft.backends.local.engines.base import EngineOptions, GenParams, GenRequest, PromptTooLong
+from amlft.backends.local.engines.base import (
+    EngineOptions,
+    GenParams,
+    GenRequest,
+    encode_within_context,
+    template_roles,
+)
 from amlft.backends.local.engines.scheduler import BatchScheduler, find_stop
 
 log = logging.getLogger("amlft.server")
-CANDIDATE_ROLES = ("system", "user", "assistant")
 
 
 class OrtGenaiEngine(BatchScheduler):
@@ -75,32 +80,11 @@ class OrtGenaiEngine(BatchScheduler):
         eos = genai["model"].get("eos_token_id")
         self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.threads = threads
-        self.roles = self._template_roles()
-
-    def _template_roles(self) -> tuple[str, ...]:
-        from amlft.backends.local.chat import render
-
-        roles = []
-        for role in CANDIDATE_ROLES:
-            convo = [{"role": role, "content": "probe"}]
-            if role == "assistant":
-                convo = [{"role": "user", "content": "hi"}, *convo]
-            try:
-                if "probe" in render(self.tokenizer, convo):
-                    roles.append(role)
-            except Exception:  # jinja's raise_exception: the template does not take this role
-                continue
-        return tuple(roles) or CANDIDATE_ROLES
+        self.roles = template_roles(self.tokenizer)
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template with the assistant turn opened, as token ids (special-token text stays text)."""
-        from amlft.backends.local import chat
-
-        ids = chat.encode_prompt(self.tokenizer, messages)
-        if self.context_length and len(ids) >= self.context_length:
-            raise PromptTooLong(f"the conversation is {len(ids)} tokens; this model reads at most "
-                                f"{self.context_length - 1} (shorten the messages)")
-        return ids
+        """The prompt's token ids (see engines.base.encode_within_context)."""
+        return encode_within_context(self.tokenizer, messages, self.context_length)
 
     # ---- generation --------------------------------------------------------------------------
     def generate_batch(self, batch: list[GenRequest]) -> None:

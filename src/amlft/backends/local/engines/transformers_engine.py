@@ -16,12 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amlft.backends.local.engines.base import EngineOptions, GenParams, GenRequest, PromptTooLong
+from amlft.backends.local.engines.base import (
+    EngineOptions,
+    GenParams,
+    GenRequest,
+    encode_within_context,
+    template_roles,
+)
 from amlft.backends.local.engines.scheduler import BatchScheduler, find_stop
 from amlft.extras import needs_extra
 
 log = logging.getLogger("amlft.server")
-CANDIDATE_ROLES = ("system", "user", "assistant")
 SMALL_MODEL_PARAMS = 50_000_000
 
 
@@ -69,7 +74,7 @@ class TransformersEngine(BatchScheduler):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
-        self.roles = self._template_roles()
+        self.roles = template_roles(self.tokenizer)
         small = device == "cpu" and sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMS
         if threads is None and small:
             # A small model's matmuls are too small to split: extra intra-op threads only spin and,
@@ -79,32 +84,9 @@ class TransformersEngine(BatchScheduler):
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
 
-    def _template_roles(self) -> tuple[str, ...]:
-        """The roles the chat template renders (a template may refuse, e.g., a system turn)."""
-        from amlft.backends.local.chat import render
-
-        roles = []
-        for role in CANDIDATE_ROLES:
-            convo = [{"role": role, "content": "probe"}]
-            if role == "assistant":
-                convo = [{"role": "user", "content": "hi"}, *convo]
-            try:
-                if "probe" in render(self.tokenizer, convo):
-                    roles.append(role)
-            except Exception:  # jinja's raise_exception: the template does not take this role
-                continue
-        return tuple(roles) or CANDIDATE_ROLES
-
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template with the assistant turn opened, as token ids; control-token text inside
-        message content stays ordinary text (no role forgery)."""
-        from amlft.backends.local.chat import encode_prompt
-
-        ids = list(encode_prompt(self.tokenizer, messages))
-        if self.context_length and len(ids) >= self.context_length:
-            raise PromptTooLong(f"the conversation is {len(ids)} tokens; this model reads at most "
-                                f"{self.context_length - 1} (shorten the messages)")
-        return ids
+        """The prompt's token ids (see engines.base.encode_within_context)."""
+        return encode_within_context(self.tokenizer, messages, self.context_length)
 
     # ---- generation --------------------------------------------------------------------------
     def generate_batch(self, batch: list[GenRequest]) -> None:
