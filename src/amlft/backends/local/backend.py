@@ -284,8 +284,6 @@ class LocalBackend:
         log_path = train_dir / "train.log"
         (train_dir / "result.json").unlink(missing_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        src = str(Path(__file__).resolve().parents[3])  # `-m amlft...` also works from a source checkout
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen([sys.executable, "-m", TRAIN_MODULE, "--train-dir", str(train_dir)],
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
