@@ -42,28 +42,25 @@ def _missing(body: dict[str, Any], paths: tuple[str, ...]) -> list[str]:
     return out
 
 
-def check_endpoint(st: dict[str, Any], name: str, body: dict[str, Any]) -> Reply | None:
-    missing = _missing(body, ("location", "properties.authMode"))
+def _check_put(st: dict[str, Any], what: str, body: dict[str, Any], enum_field: str,
+               allowed: tuple[str, ...]) -> Reply | None:
+    """The service's two refusals of an endpoint/deployment PUT: a required property missing, or
+    `properties.<enum_field>` outside the spec's enum (compared case-insensitively, as the service does)."""
+    missing = _missing(body, ("location", f"properties.{enum_field}"))
     if missing:
-        return _refuse(st, f"PUT onlineEndpoints/{name}", f"The request is missing required properties: "
-                       f"{', '.join(missing)}.")
-    mode = body["properties"]["authMode"]
-    if str(mode).lower() not in (m.lower() for m in AUTH_MODES):
-        return _refuse(st, f"PUT onlineEndpoints/{name}",
-                       f"properties.authMode '{mode}' is not one of {', '.join(AUTH_MODES)}.")
+        return _refuse(st, what, f"The request is missing required properties: {', '.join(missing)}.")
+    value = body["properties"][enum_field]
+    if str(value).lower() not in (v.lower() for v in allowed):
+        return _refuse(st, what, f"properties.{enum_field} '{value}' is not one of {', '.join(allowed)}.")
     return None
+
+
+def check_endpoint(st: dict[str, Any], name: str, body: dict[str, Any]) -> Reply | None:
+    return _check_put(st, f"PUT onlineEndpoints/{name}", body, "authMode", AUTH_MODES)
 
 
 def check_deployment(st: dict[str, Any], key: str, body: dict[str, Any]) -> Reply | None:
-    missing = _missing(body, ("location", "properties.endpointComputeType"))
-    if missing:
-        return _refuse(st, f"PUT deployments/{key}", f"The request is missing required properties: "
-                       f"{', '.join(missing)}.")
-    kind = body["properties"]["endpointComputeType"]
-    if str(kind).lower() not in (k.lower() for k in COMPUTE_TYPES):
-        return _refuse(st, f"PUT deployments/{key}",
-                       f"properties.endpointComputeType '{kind}' is not one of {', '.join(COMPUTE_TYPES)}.")
-    return None
+    return _check_put(st, f"PUT deployments/{key}", body, "endpointComputeType", COMPUTE_TYPES)
 
 
 def check_job_components(st: dict[str, Any], name: str, body: dict[str, Any]) -> Reply | None:
