@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from amlft.backends.local.engines.base import EngineOptions, GenRequest, Overloaded, ShuttingDown
@@ -221,3 +222,18 @@ class BatchScheduler:
             self.stats["batches"] += 1
             self.stats["batched_rows"] += len(batch)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
+
+
+class FolderEngine(BatchScheduler):
+    """A BatchScheduler serving a model folder: load it (subclasses implement `_load`), then start
+    the worker. Both shipped engines are built this way; only how a folder loads differs."""
+
+    def __init__(self, model_dir: Path, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions()
+        super().__init__(options)
+        self.model_dir = Path(model_dir)
+        self._load(options.device, options.threads)
+        self.start()
+
+    def _load(self, device: str, threads: int | None) -> None:
+        raise NotImplementedError

@@ -13,32 +13,23 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from amlft.backends.local.engines.base import (
-    EngineOptions,
     GenParams,
     GenRequest,
     encode_within_context,
     template_roles,
 )
-from amlft.backends.local.engines.scheduler import BatchScheduler, find_stop
+from amlft.backends.local.engines.scheduler import FolderEngine, find_stop
 from amlft.extras import needs_extra
 
 log = logging.getLogger("amlft.server")
 SMALL_MODEL_PARAMS = 50_000_000
 
 
-class TransformersEngine(BatchScheduler):
+class TransformersEngine(FolderEngine):
     """Loads a transformers folder and serves generation requests from one worker thread."""
-
-    def __init__(self, model_dir: Path, options: EngineOptions | None = None) -> None:
-        options = options or EngineOptions()
-        super().__init__(options)
-        self.model_dir = Path(model_dir)
-        self._load(options.device, options.threads)
-        self.start()
 
     # ---- model -----------------------------------------------------------------------------
     def _load(self, device: str, threads: int | None) -> None:
