@@ -37,6 +37,7 @@ plain float weights, cached under --state-dir, default ~/.cache/amlft-bench). On
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -48,6 +49,9 @@ from typing import Any
 from _benchlib import emit, load_average, summary
 
 PEERS = ("hf_trainer", "trl_sft")
+# amlft with one of its own optimizations switched off (--ablations): where the speed comes from
+ABLATIONS = {"amlft-no-share-prefix": {"share_prefix": False}, "amlft-no-fused-lora": {"fused_lora": False},
+             "amlft-neither": {"share_prefix": False, "fused_lora": False}}
 
 
 def make_mixed_data(out: Path) -> Path:
@@ -78,17 +82,18 @@ def _dtype() -> Any:
 
 
 # ------------------------------------------------------------------ amlft
-def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> dict[str, Any]:
+def run_amlft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any], **knobs: Any) -> dict[str, Any]:
     from amlft.backends.local.trainer import TrainConfig, train
 
     d = work / "amlft"
     shutil.rmtree(d, ignore_errors=True)
     cfg = TrainConfig(train_dir=str(d), model=str(model_dir), train_file=str(data), test_file=None, **hp,
-                      device="auto", batching="length_grouped", save_steps=10**9, eval_prompts=0)
+                      device="auto", batching="length_grouped", save_steps=10**9, eval_prompts=0, **knobs)
     cfg.save()
     m = train(cfg, log=lambda *_: None)["metrics"]
     shutil.rmtree(d, ignore_errors=True)
-    return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "mean_loss": m["train_loss"]}
+    return {"tokens": m["train_tokens"], "seconds": m["train_runtime_s"], "mean_loss": m["train_loss"],
+            "shared_prefix_share": round(m["shared_prefix_tokens"] / max(m["train_tokens"], 1), 3)}
 
 
 # ------------------------------------------------------------------ peers
@@ -204,7 +209,8 @@ def run_trl_sft(model_dir: Path, data: Path, work: Path, hp: dict[str, Any]) -> 
             "mean_loss": round(out.training_loss, 4), "packs_per_batch": packs}
 
 
-RUNNERS = {"amlft": run_amlft, "hf_trainer": run_hf_trainer, "trl_sft": run_trl_sft}
+RUNNERS: dict[str, Any] = {"amlft": run_amlft, "hf_trainer": run_hf_trainer, "trl_sft": run_trl_sft,
+                           **{name: functools.partial(run_amlft, **knobs) for name, knobs in ABLATIONS.items()}}
 
 
 def run_side(name: str, model_dir: Path, data: Path, work: Path, hp: dict[str, Any], *,
@@ -229,6 +235,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="chat JSONL (default: shipped sample + long general chat rows)")
     ap.add_argument("--rounds", type=int, default=2, help="1: each side once; 2: then again in reverse order")
     ap.add_argument("--sides", default="amlft,hf_trainer,trl_sft")
+    ap.add_argument("--ablations", action="store_true",
+                    help=f"also run {', '.join(ABLATIONS)}: amlft with its optimizations off one at a time")
     ap.add_argument("--peer-threads", type=int, default=None,
                     help="torch threads for the peers (default: torch's own default, as their users run them)")
     ap.add_argument("--threads", type=int, default=None,
@@ -257,7 +265,10 @@ def main() -> None:
                                         "max_seq_length": args.max_seq_length, "warmup_steps": 0})
         hp["threads"] = args.threads  # amlft's TrainConfig.threads (None: the idle cores)
         peer_threads = args.threads or args.peer_threads
-        sides = [s for s in args.sides.split(",") if s]
+        sides = [s for s in args.sides.split(",") if s] + (list(ABLATIONS) if args.ablations else [])
+        unknown = [s for s in sides if s not in RUNNERS]
+        if unknown:
+            ap.error(f"unknown side(s) {', '.join(unknown)}; known: {', '.join(RUNNERS)}")
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
         orders = [sides, sides[::-1]][: max(1, args.rounds)]
         for order in orders:
@@ -267,21 +278,23 @@ def main() -> None:
                 r["tokens_per_s"] = r["tokens"] / r["seconds"]
                 r["load_average"] = load_average()
                 results[name].append(r)
-                print(f"{name:11s} {r['tokens']:>8d} non-padding tokens in {r['seconds']:7.2f} s = "
-                      f"{r['tokens_per_s']:8.1f} tokens/s  (mean loss {r['mean_loss']}, {r['threads']} threads)  "
-                      f"[load {r['load_average']}]",
+                shared = f", shared prefix {r['shared_prefix_share']:.0%}" if r.get("shared_prefix_share") else ""
+                print(f"{name:21s} {r['tokens']:>8d} non-padding tokens in {r['seconds']:7.2f} s = "
+                      f"{r['tokens_per_s']:8.1f} tokens/s  (mean loss {r['mean_loss']}, {r['threads']} threads"
+                      f"{shared})  [load {r['load_average']}]",
                       flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mean = {k: sum(r["tokens_per_s"] for r in v) / len(v) for k, v in results.items()}
     print(f"\nmodel {label}, {args.steps} steps x batch {args.batch_size}, max_seq_length {args.max_seq_length}, "
           f"dtype {str(_dtype()).replace('torch.', '')}")
-    peers = {k: v for k, v in mean.items() if k != "amlft"}
+    peers = {k: v for k, v in mean.items() if k in PEERS}
+    ablations = {k: round(v, 1) for k, v in mean.items() if k in ABLATIONS}
     for k, v in mean.items():
-        print(f"  {k:11s} {v:8.1f} tokens/s")
+        print(f"  {k:21s} {v:8.1f} tokens/s")
     doc = summary("training", amlft=mean.get("amlft", 0.0), peers=peers, unit="non-padding tokens/s",
                   model=label, steps=args.steps, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
-                  dtype=str(_dtype()).replace("torch.", ""), rounds=len(orders),
+                  dtype=str(_dtype()).replace("torch.", ""), rounds=len(orders), ablations=ablations,
                   peer_threads=args.threads or args.peer_threads or default_threads, amlft_threads=args.threads,
                   runs={k: [{"tokens_per_s": round(r["tokens_per_s"], 1), "seconds": r["seconds"],
                              "threads": r["threads"], "load_average": r["load_average"]} for r in v]

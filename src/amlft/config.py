@@ -150,6 +150,10 @@ class LocalConfig(_Strict):
     eval_prompts: int = Field(24, ge=0, description="held-out prompts scored before and after fine-tuning")
     max_steps: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
+    share_prefix: bool = Field(True, description="run the leading tokens every row of a batch shares (system turn, "
+                                                 "template header) once per batch; same loss and gradients")
+    fused_lora: bool = Field(True, description="train with one autograd node per LoRA Linear instead of peft's "
+                                               "separate ops; same parameters and saved adapter")
     engine: Literal["transformers", "onnxruntime-genai"] = Field(
         "transformers", description="serving engine of `amlft deploy`; onnxruntime-genai serves an int4 export")
     replay_prompts: int = Field(0, ge=0, description="general prompts the base model answers before fine-tuning, "

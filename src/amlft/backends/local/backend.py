@@ -278,7 +278,8 @@ class LocalBackend:
                                trust_remote_code=prof.model.trust_remote_code,
                                eval_max_new_tokens=DEMO_EVAL_MAX_NEW_TOKENS,
                                general_questions=prof.model.build != "tiny",  # the tiny model knows no facts
-                               replay_prompts=prof.local.replay_prompts)
+                               replay_prompts=prof.local.replay_prompts, share_prefix=prof.local.share_prefix,
+                               fused_lora=prof.local.fused_lora)
             spec.save()
         ckpt = latest_checkpoint(train_dir / "checkpoints")
         log_path = train_dir / "train.log"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from amlft.backends.local.chat import IGNORE_INDEX, encode_conversation, encode_prompt, read_conversations
+from amlft.backends.local.prefix_sharing import PrefixSharing
 from amlft.errors import ConfigError, TrainingError
 from amlft.extras import needs_extra
 from amlft.model_refs import hub_offline
@@ -88,6 +89,8 @@ class TrainConfig:
     general_questions: bool = False    # also score shipped general questions (forgetting check; real models)
     replay_prompts: int = 0            # general prompts the base model answers first, mixed into training
     threads: int | None = None         # torch intra-op threads; None: the idle cores on CPU (idle_cores)
+    share_prefix: bool = True          # run a batch's common leading tokens once (prefix_sharing.py)
+    fused_lora: bool = True            # one autograd node per LoRA Linear (fused_lora.py)
     trust_remote_code: bool = False
 
     def save(self) -> Path:
@@ -484,6 +487,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
         from peft import LoraConfig, get_peft_model
         from transformers import get_scheduler
 
+        from amlft.backends.local.fused_lora import fused_lora_config
+
     train_dir = Path(cfg.train_dir)
     ckpt_root = train_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -533,9 +538,9 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
         log(f"replay: {len(replay)} general conversations answered by the base model, mixed into training")
 
     # LoRA, batch plan, optimizer; then resume where a killed run stopped
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=lora_targets(cfg.lora_target_modules),
-                                             task_type="CAUSAL_LM"))
+    lora = fused_lora_config if cfg.fused_lora else LoraConfig
+    model = get_peft_model(model, lora(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                       target_modules=lora_targets(cfg.lora_target_modules), task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
     trainable, total_params = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     plan, total_steps = plan_for_steps([len(ids) for ids, _ in examples], cfg)
@@ -553,9 +558,16 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
 
     # the loop
     started = time.perf_counter()
+    sharing = PrefixSharing(enabled=cfg.share_prefix)
     run_tokens = train_steps(model, optimizer, scheduler, params, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
-                             device=device, history=history, start_step=start_step, total_steps=total_steps)
+                             device=device, history=history, start_step=start_step, total_steps=total_steps,
+                             sharing=sharing)
     runtime = time.perf_counter() - started
+    if sharing.reason:
+        log(f"shared-prefix batching off: {sharing.reason}")
+    elif sharing.saved_tokens:
+        log(f"shared prefixes: {sharing.saved_tokens:,} of {run_tokens:,} token positions ran once per batch "
+            f"instead of once per row")
     save_checkpoint(model, optimizer, scheduler, ckpt_root, total_steps, history)
 
     # merge + evaluation after fine-tuning
@@ -578,6 +590,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
         "tokens_per_s": round(run_tokens / runtime, 1) if runtime > 0 and total_steps > start_step else None,
         "train_runtime_s": round(runtime, 2),
         "train_tokens": sum(h["tokens"] for h in history),
+        "shared_prefix_tokens": sharing.saved_tokens,
         "trainable_params": trainable,
         "total_params": total_params,
         "dropped_rows": dropped,
@@ -607,14 +620,14 @@ def idle_cores() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-def label_loss(model: Any, batch: dict[str, Any]) -> Any:
+def label_loss(model: Any, batch: dict[str, Any], sharing: PrefixSharing | None = None) -> Any:
     """The mean next-token loss over label positions, with the LM head applied only there.
 
     Same value as `model(**batch).loss`, but the vocabulary projection and softmax (a fifth or
     more of a small model's compute) skip the prompt, system and padding positions, whose
     logits that loss computes and throws away (71% of the tokens of the benchmark's chat data).
-    Models that post-process logits (soft-capping, scaling) or hide their decoder take the
-    plain path."""
+    With `sharing`, the rows' common leading tokens run once (prefix_sharing.py). Models that
+    post-process logits (soft-capping, scaling) or hide their decoder take the plain path."""
     with needs_extra("local", purpose="LoRA training"):
         import torch.nn.functional as F
 
@@ -624,16 +637,24 @@ def label_loss(model: Any, batch: dict[str, Any]) -> Any:
              or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
     if plain:
         return model(**batch).loss
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    head = base.get_output_embeddings()
+
+    def loss_from(hidden: Any, offset: int) -> Any:
+        targets = batch["labels"][:, offset + 1:]  # hidden holds positions offset.. of every row
+        keep = targets != IGNORE_INDEX
+        return F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep])
+
+    if sharing is None:
+        decoder = base.get_decoder()
+        return loss_from(decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state, 0)
+    sharing.check(base, batch, loss_from)
+    return loss_from(*sharing.hidden(base, batch))
 
 
 def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
                 examples: list[tuple[list[int], list[int]]], plan: list[list[int]], cfg: TrainConfig, *,
-                pad_id: int, device: str, history: list[dict[str, Any]], start_step: int, total_steps: int) -> int:
+                pad_id: int, device: str, history: list[dict[str, Any]], start_step: int, total_steps: int,
+                sharing: PrefixSharing | None = None) -> int:
     """Optimizer steps start_step..total_steps: one progress.jsonl line each, checkpoints every save_steps.
 
     Returns the tokens processed. progress.jsonl is rewritten from `history` first, so a
@@ -657,7 +678,7 @@ def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
             for batch in micro:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 n_lab = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                loss = label_loss(model, batch) * (n_lab / max(label_tokens, 1))  # token-weighted over the step
+                loss = label_loss(model, batch, sharing) * (n_lab / max(label_tokens, 1))  # token-weighted over the step
                 loss.backward()
                 step_loss += float(loss.detach())
                 step_tokens += int(batch["attention_mask"].sum())
