@@ -76,10 +76,11 @@ class FusedLoraLinear(PeftLoraLinear):
             return None
         name = self.active_adapters[0]
         base = self.get_base_layer()
-        if (name not in self.lora_A or name in self.lora_variant or self.fan_in_fan_out
-                or type(base) is not torch.nn.Linear or base.weight.requires_grad
+        if (name not in self.lora_A or name in getattr(self, "lora_variant", {})
+                or getattr(self, "use_dora", {}).get(name) or self.lora_B[name].bias is not None
+                or self.fan_in_fan_out or type(base) is not torch.nn.Linear or base.weight.requires_grad
                 or (base.bias is not None and base.bias.requires_grad)):
-            return None
+            return None  # DoRA and other variants, a trained LoRA bias, Conv1D-style weights, a trained base
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         if not (x.dtype == base.weight.dtype == a.dtype == b.dtype):
             return None  # peft casts between the adapter's and the base's dtypes; leave that to it
@@ -87,7 +88,10 @@ class FusedLoraLinear(PeftLoraLinear):
 
 
 def fused_lora_config(**kwargs: Any) -> LoraConfig:
-    """A LoraConfig whose Linear targets become FusedLoraLinear; everything else as peft builds it."""
+    """A LoraConfig whose Linear targets become FusedLoraLinear; everything else as peft builds it.
+
+    A peft without custom-module dispatch (before 0.14) gets the plain config: peft's own layers."""
     config = LoraConfig(**kwargs)
-    config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
+    if hasattr(config, "_register_custom_module"):
+        config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
     return config

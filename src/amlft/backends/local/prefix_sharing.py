@@ -97,9 +97,10 @@ class PrefixSharing:
     def check(self, base: Any, batch: dict[str, Any], loss_fn: Any) -> None:
         """Once per run: switch sharing off unless this model gives the same loss both ways.
 
-        loss_fn(hidden, offset) -> loss. Costs two forward passes without gradients on the
-        first batch that has a shared prefix; a decoder that rejects a cache, or whose loss
-        differs, trains the plain way (with the reason kept for the log).
+        loss_fn(batch, hidden, offset) -> loss. Runs the two shortest rows of the first batch
+        that has a shared prefix both ways, without gradients (a few hundredths of a second
+        on SmolLM2); a decoder that rejects a cache, or whose loss differs, trains the plain
+        way (with the reason kept for the log).
         """
         if self.checked or not self.enabled or shared_prefix_length(batch) < MIN_SHARED_TOKENS:
             return
@@ -109,13 +110,16 @@ class PrefixSharing:
         if not full_attention(base.config):
             self.enabled, self.reason = False, "the model has sliding-window attention layers"
             return
+        lengths = batch["attention_mask"].sum(dim=1)
+        rows = lengths.argsort()[:2]
+        pair = {k: v[rows, : int(lengths[rows].max())] for k, v in batch.items()}
         training, saved = base.training, self.saved_tokens
         base.eval()  # no dropout, so the two passes see the same network
         try:
             with torch.no_grad():
-                shared = float(loss_fn(*self.hidden(base, batch)))
+                shared = float(loss_fn(pair, *self.hidden(base, pair)))
                 self.enabled = False
-                whole = float(loss_fn(*self.hidden(base, batch)))
+                whole = float(loss_fn(pair, *self.hidden(base, pair)))
         except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
             self.enabled, self.reason = False, f"the decoder does not run from a shared cache ({exc})"
             return

@@ -608,16 +608,30 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> dict[str, 
             "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "checkpoint_dir": str(ckpt_root)}
 
 
-def idle_cores() -> int:
-    """CPU threads for training: the cores other processes leave idle (at least 1).
+def idle_cores(*, sample_s: float = 0.5) -> int:
+    """CPU threads for training: the cores other processes are not using right now (at least 1).
 
     Why: torch's default is one intra-op thread per core, and its OpenMP threads spin while
     they wait for each other; on a shared machine where other processes hold the cores,
-    that spinning slows a step several-fold (measured 7-15x on 2 cores at load 8). Our own
-    process counts for one in the load average, hence the + 1."""
-    cores = os.cpu_count() or 1
-    busy = max(0.0, os.getloadavg()[0] - 1.0)
-    return max(1, min(cores, round(cores - busy)))
+    that spinning slows a step several-fold (measured 7-15x on 2 cores at load 8).
+    Why a short sample of the whole machine's CPU time, less this process's own, rather than
+    the load average: the 1-minute load average lags by about a minute and counts this
+    process's own recent work (the evaluation before training runs here on every core), so
+    right after that evaluation it halved the threads on an idle 2-core machine."""
+    with needs_extra("local", purpose="LoRA training"):
+        import psutil
+
+    cores = psutil.cpu_count() or os.cpu_count() or 1
+    me = psutil.Process()
+
+    def busy(t: Any) -> float:  # guest time is already inside user time on Linux
+        return float(sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")))
+
+    machine, own, t0 = busy(psutil.cpu_times()), sum(me.cpu_times()[:2]), time.monotonic()
+    time.sleep(sample_s)
+    wall = max(time.monotonic() - t0, 1e-3)
+    others = (busy(psutil.cpu_times()) - machine - (sum(me.cpu_times()[:2]) - own)) / wall
+    return max(1, min(cores, round(cores - max(0.0, others))))
 
 
 def label_loss(model: Any, batch: dict[str, Any], sharing: PrefixSharing | None = None) -> Any:
@@ -639,16 +653,16 @@ def label_loss(model: Any, batch: dict[str, Any], sharing: PrefixSharing | None 
         return model(**batch).loss
     head = base.get_output_embeddings()
 
-    def loss_from(hidden: Any, offset: int) -> Any:
-        targets = batch["labels"][:, offset + 1:]  # hidden holds positions offset.. of every row
+    def loss_from(rows: dict[str, Any], hidden: Any, offset: int) -> Any:
+        targets = rows["labels"][:, offset + 1:]  # hidden holds positions offset.. of every row
         keep = targets != IGNORE_INDEX
         return F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep])
 
     if sharing is None:
-        decoder = base.get_decoder()
-        return loss_from(decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state, 0)
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return loss_from(batch, hidden.last_hidden_state, 0)
     sharing.check(base, batch, loss_from)
-    return loss_from(*sharing.hidden(base, batch))
+    return loss_from(batch, *sharing.hidden(base, batch))
 
 
 def train_steps(model: Any, optimizer: Any, scheduler: Any, params: list[Any],
