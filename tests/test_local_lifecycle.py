@@ -127,7 +127,7 @@ def test_crash_mid_training_resumes_from_checkpoint() -> None:
     import signal
 
     from amlft.backends.local.backend import LocalBackend, process_running, read_progress
-    from amlft.backends.local.trainer import latest_checkpoint
+    from amlft.backends.local.trainer import TrainConfig, latest_checkpoint
     from amlft.lifecycle import run_step
 
     ctx = _ctx("local.max_steps=12", "local.save_steps=5", "local.eval_prompts=2")
@@ -162,9 +162,12 @@ def test_crash_mid_training_resumes_from_checkpoint() -> None:
     assert any("resumed" in e["message"] for e in rec.data["events"])
 
     # teardown stops a training that is still running
-    ctx2 = _ctx("local.max_steps=400", "local.eval_prompts=0")
+    ctx2 = _ctx("local.max_steps=400", "local.eval_prompts=0", "local.share_prefix=false", "local.fused_lora=false")
     run_step(ctx2, "data")
-    pid = run_step(ctx2, "submit")["pid"]
+    submitted = run_step(ctx2, "submit")
+    pid = submitted["pid"]
     assert process_running(pid)
+    spec = TrainConfig.load(Path(submitted["train_dir"]))  # the profile's local knobs reach the trainer
+    assert (spec.share_prefix, spec.fused_lora, spec.max_steps) == (False, False, 400)
     out = LocalBackend().teardown(ctx2)
     assert any(str(pid) in s for s in out["stopped"]) and not process_running(pid)

@@ -280,6 +280,9 @@ def test_smollm2_profile_end_to_end_learns_without_forgetting(smollm2_state: Pat
     general = next(r for r in ev["rows"] if r["metric"].startswith("general questions"))
     assert general["before"] is not None and general["after"] is not None
     result = json.loads((Path(record["outputs"]["train"]["merged_dir"]).parent / "result.json").read_text())
+    # SmolLM2's template opens every row with the same system turn: it ran once per batch, checked first
+    assert result["metrics"]["shared_prefix_tokens"] > 0
+    assert "shared prefixes:" in (Path(record["outputs"]["train"]["merged_dir"]).parent / "train.log").read_text()
     france = next(a for a in result["after"]["general"]["answers"] if "France" in a["prompt"])
     assert "Paris" in france["answer"], france
     assert record["outputs"]["train"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

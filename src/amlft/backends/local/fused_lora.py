@@ -63,7 +63,7 @@ class FusedLoraLinear(PeftLoraLinear):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         fused = self._fusable(x, args, kwargs)
         if fused is None:
-            return super().forward(x, *args, **kwargs)  # type: ignore[no-any-return]
+            return super().forward(x, *args, **kwargs)
         name, base = fused
         x_d = self.lora_dropout[name](x)
         out: torch.Tensor = _LoraLinearFunction.apply(x, x_d, base.weight, base.bias, self.lora_A[name].weight,

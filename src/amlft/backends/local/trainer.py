@@ -4,10 +4,14 @@ settings, data, model, evaluation before, loop (with checkpoints), merge, evalua
 Why a hand-written loop rather than `transformers.Trainer`: throughput and control.
 Batches are grouped by length (each batch is padded only to its own longest row, and
 rows of similar length share a batch), so almost no compute goes to padding; no
-sequences are concatenated, so nothing attends across conversations. Checkpoints hold
-adapter, optimizer, scheduler and RNG state plus the position in a batch plan that is
-fixed by the seed, so a resumed run continues exactly where the interrupted one stopped.
-`scripts/bench_training.py` measures this against a plain Trainer + peft baseline.
+sequences are concatenated, so nothing attends across conversations. Three changes cut
+what a step computes without changing its result (tests compare loss and gradients):
+the LM head runs only at label positions (`label_loss`), the tokens every row of a batch
+starts with run once (`prefix_sharing.py`), and each LoRA Linear is one autograd node
+(`fused_lora.py`). Checkpoints hold adapter, optimizer, scheduler and RNG state plus the
+position in a batch plan that is fixed by the seed, so a resumed run continues exactly
+where the interrupted one stopped. `scripts/bench_training.py` measures this against
+transformers' Trainer + peft and TRL's SFTTrainer.
 
 Files in the training folder (`<run_dir>/train`):
     config.json       what submit asked for (model, data files, hyper-parameters, knobs)
