@@ -66,6 +66,12 @@ def test_duplicates_and_leakage_reported_then_dropped(tmp_path):
     assert sorted((r["split"], r["line"], r["reasons"][0]["code"]) for r in rejects) == [
         ("test_sft", 1, "leakage"), ("test_sft", 3, "duplicate"), ("train_sft", 3, "duplicate")]
     assert dropped.report["reconciled"]
+    # each split's hash, computed while writing (or after the leakage rewrite), is the published file's
+    from amlft.hashing import file_sha256
+
+    for result in (kept, dropped):
+        for name, entry in result.report["splits"].items():
+            assert entry["sha256"] == file_sha256(result.report_path.parent / f"{name}.jsonl"), (name, entry)
 
 
 def test_non_ascii_round_trips_through_conversion(tmp_path):
@@ -280,3 +286,50 @@ def test_step_local_backend_offline_refuses_to_swap_data(tmp_path, monkeypatch, 
         step.prepare_run_data(ctx)
     assert "HuggingFaceH4/ultrachat_200k" in exc.value.message
     assert "amlft:sample_chat" in exc.value.hint
+
+
+@pytest.mark.parametrize("line", [
+    b'{"prompt": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00", "n": [1, 2.5, -0.0, 1e300, true, null], "o": {"a": {}}}',
+    b'{"a": 1, "a": 2}',                       # a repeated key: the last one wins, as in json.loads
+    b'{"x": NaN, "y": -Infinity}',             # accepted by json.loads, not by orjson
+    b'{"x": "\\ud800"}',                       # a lone surrogate escape
+    b'{"x": "bad \xff byte"}',                 # invalid UTF-8
+    b'{"x": 1} trailing', b'{"x": "tab\there"}', b"[1, 2]", b'"just a string"',
+])
+def test_fast_parse_agrees_with_the_standard_library_or_defers_to_it(line: bytes) -> None:
+    """orjson parses a row first; whatever it accepts must be what json.loads makes of the line,
+    and whatever it refuses goes to the standard library, whose verdict (value or error) stands."""
+    from amlft.data.io import UNPARSED, parse_fast, parse_line
+
+    fast = parse_fast(line)
+    try:
+        want: object = parse_line(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        want = type(exc)
+    if fast is UNPARSED:
+        return
+    assert want is not UnicodeDecodeError and not isinstance(want, type), (line, fast)
+    assert json.dumps(fast, sort_keys=True) == json.dumps(want, sort_keys=True)
+
+
+def test_rows_the_fast_parser_refuses_or_changes_are_judged_and_written_as_before(tmp_path: Path) -> None:
+    """NaN and lone surrogates are JSON Python accepts (the rows are kept); bad UTF-8 and bad
+    JSON are rejected with the standard library's reasons; an integer past 64 bits in a row that
+    is rewritten (no prompt_id: one is filled in) comes out exact, not as orjson's float."""
+    src = tmp_path / "mixed.jsonl"
+    no_id = {k: v for k, v in _chat(4).items() if k != "prompt_id"}
+    src.write_bytes(b"\n".join([
+        json.dumps(_chat(1)).encode(),
+        json.dumps({**_chat(2), "score": float("nan")}).encode(),
+        json.dumps(_chat(3, answer="half a pair: \ud800")).encode(),
+        b'{"prompt": "x", "messages": "\xff"}',
+        b'{"prompt": "x",',
+        json.dumps({**no_id, "big": 12345678901234567890123}).encode(),
+    ]) + b"\n")
+    result = prepare(src, tmp_path / "out", PrepareOptions(on_error="skip"))
+    totals = result.report["totals"]
+    assert (totals["in"], totals["kept"], totals["rejected"]) == (6, 4, 2)
+    reasons = json.dumps(result.report)
+    assert "invalid_utf8" in reasons and "invalid_json" in reasons
+    written = (tmp_path / "out" / "train_sft.jsonl").read_text(encoding="utf-8", errors="surrogatepass")
+    assert '"big": 12345678901234567890123' in written and "e+22" not in written

@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from amlft.data.formats import apply_columns, detect_from_rows, strip_null_message_keys, to_chat
-from amlft.data.io import BOM, dumps_row, open_output, parse_line, remove_lines
+from amlft.data.io import (
+    BOM,
+    UNPARSED,
+    dumps_record,
+    dumps_row,
+    open_output,
+    parse_fast,
+    parse_line,
+    remove_lines,
+    written_sha256,
+)
 from amlft.data.options import PrepareOptions
 from amlft.data.report import POLICY_REASONS, ROLE_ALIASES, SplitTally, build_report
 from amlft.data.rules import RowProblem, check_messages
@@ -50,6 +60,7 @@ class SplitOutput(SplitTally):
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
+            self.sha256 = written_sha256(self.fh)
             self.fh = None
 
 
@@ -72,6 +83,7 @@ class Item:
     raw: bytes | None  # the stripped line (text sources); None for object rows (hub, parquet, csv)
     line: Any  # the line as read, newline included (text sources), or the object row
     out: SplitOutput
+    parsed_fast: bool = False  # parsed by orjson (exact for the schema's strings; see _convert)
 
     def original(self) -> Any:
         return self.raw if self.raw is not None else self.line
@@ -124,7 +136,7 @@ class Run:
             path = self.write_dir / f"{name}.jsonl" if self.write_dir else None
             self.outs[name] = SplitOutput(
                 name=name, origin=split.origin, pos_key=split.position, path=path,
-                fh=open_output(path) if path else None,
+                fh=open_output(path, hashed=True) if path else None,
                 leak_check=several and not (name == self.opts.train_split or name.startswith("train")))
         return self.outs[name]
 
@@ -201,11 +213,11 @@ class Run:
         if len(self.examples) < self.opts.max_examples and not all(p.code in POLICY_REASONS for p in problems):
             self.examples.append(entry)
         if self.rejected_fh is not None:
-            if isinstance(item, bytes):
-                full = dict(entry, raw=item.decode("utf-8", "backslashreplace"))
-            else:
+            if isinstance(item, bytes):  # text, numbers and lists only: orjson writes it as json would, faster
+                self.rejected_fh.write(dumps_record(dict(entry, raw=item.decode("utf-8", "backslashreplace"))))
+            else:  # an object row may hold NaN or huge integers, which only json writes back unchanged
                 full = dict(entry, row=item)
-            self.rejected_fh.write(json.dumps(full, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+                self.rejected_fh.write(json.dumps(full, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
             self.rejected_fh.write(b"\n")
 
     # ------------------------------------------------------------------ after the pass
@@ -228,6 +240,7 @@ class Run:
                 continue
             drop = {i: (f, p) for _, i, f, p in leaked}
             dropped: dict[int, Any] = remove_lines(out.path, drop) if out.path is not None else dict.fromkeys(drop)
+            out.sha256 = None  # rewritten: the report hashes the file as it now is
             for i, (f, p) in drop.items():
                 self.reject(out, f, p, dropped.get(i), [RowProblem("leakage", "messages")])
             out.kept -= len(drop)
@@ -306,9 +319,11 @@ class _SplitPass:
 
     def _parse(self, item: Item) -> dict[str, Any] | None:
         """The row as an object, or None once rejected (bad UTF-8, bad JSON, not an object)."""
-        if item.raw is not None:
+        obj = parse_fast(item.raw) if item.raw is not None else item.line
+        item.parsed_fast = item.raw is not None and obj is not UNPARSED
+        if obj is UNPARSED:
             try:
-                text = item.raw.decode("utf-8")
+                text = item.raw.decode("utf-8")  # type: ignore[union-attr]  # UNPARSED only comes from raw lines
             except UnicodeDecodeError as exc:
                 self._reject(item, [RowProblem("invalid_utf8", "<line>", f"byte {exc.start}")])
                 return None
@@ -317,8 +332,6 @@ class _SplitPass:
             except ValueError as exc:
                 self._reject(item, [RowProblem("invalid_json", "<line>", str(exc)[:120])])
                 return None
-        else:
-            obj = item.line
         if type(obj) is not dict:
             self._reject(item, [RowProblem("not_object", "<row>", type(obj).__name__)])
             return None
@@ -330,6 +343,10 @@ class _SplitPass:
         if (self.passthrough_ok and item.raw is not None and type(obj.get("prompt_id")) is str
                 and obj["prompt_id"] and type(obj.get("prompt")) is str):
             return obj, check_messages(obj.get("messages")), True
+        if item.raw is not None and item.parsed_fast:
+            # converted rows are written back from the object: re-read with the standard library,
+            # which keeps integers past 64 bits exact (orjson turns them into floats)
+            obj = parse_line(item.raw.decode("utf-8"))
         if self.columns:
             obj = apply_columns(obj, self.columns)
         if item.raw is None:

@@ -53,6 +53,7 @@ class SplitTally:
     chars: array = field(default_factory=lambda: array("q"))
     tokens: array = field(default_factory=lambda: array("q"))
     duplicate_examples: list[dict[str, Any]] = field(default_factory=list)
+    sha256: str | None = None  # of the written file, computed while writing (None: hash the file)
 
     def entry(self, leakage: int) -> dict[str, Any]:
         """This split's section of report.json (checks the accounting first)."""
@@ -67,7 +68,7 @@ class SplitTally:
             "duplicate_examples": self.duplicate_examples, "leakage": leakage,
             "turns": {str(k): v for k, v in sorted(self.turns.items())},
             "chars": distribution(self.chars), "tokens": distribution(self.tokens),
-            "sha256": file_sha256(self.path) if self.path else None,
+            "sha256": self.sha256 or (file_sha256(self.path) if self.path else None),
         }
 
 
