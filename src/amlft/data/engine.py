@@ -3,8 +3,9 @@
 One pass per split, constant memory: rows are read, checked and written one at a time
 (only 8-byte fingerprints are kept, for duplicate and leakage detection). A JSON Lines
 row that is already in the target schema and valid is written back byte for byte, so
-the common case costs one JSON parse per row and nothing else - that, not a faster
-parser, is why this beats loading into Arrow and writing back out.
+the common case costs one JSON parse per row (orjson, with the standard library deciding
+whatever orjson refuses: `io.parse_fast`) and no re-serialisation; each split's SHA-256 is
+computed on a worker thread as it is written (`io.HashingFile`), not by reading it again.
 
 Nothing is lost silently: every row read is either kept or rejected (with its file,
 line and reasons), and the report (amlft.data.report) checks in == kept + rejected.
