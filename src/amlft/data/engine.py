@@ -320,8 +320,11 @@ class _SplitPass:
 
     def _parse(self, item: Item) -> dict[str, Any] | None:
         """The row as an object, or None once rejected (bad UTF-8, bad JSON, not an object)."""
-        obj = parse_fast(item.raw) if item.raw is not None else item.line
-        item.parsed_fast = item.raw is not None and obj is not UNPARSED
+        if item.raw is None:
+            obj = item.line
+        else:  # orjson where a row may be written back as read; rows rebuilt from objects: json (exact)
+            obj = parse_fast(item.raw) if self.passthrough_ok else UNPARSED
+            item.parsed_fast = obj is not UNPARSED
         if obj is UNPARSED:
             try:
                 text = item.raw.decode("utf-8")  # type: ignore[union-attr]  # UNPARSED only comes from raw lines
