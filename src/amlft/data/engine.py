@@ -325,17 +325,17 @@ class _SplitPass:
         else:  # orjson where a row may be written back as read; rows rebuilt from objects: json (exact)
             obj = parse_fast(item.raw) if self.passthrough_ok else UNPARSED
             item.parsed_fast = obj is not UNPARSED
-        if obj is UNPARSED:
-            try:
-                text = item.raw.decode("utf-8")  # type: ignore[union-attr]  # UNPARSED only comes from raw lines
-            except UnicodeDecodeError as exc:
-                self._reject(item, [RowProblem("invalid_utf8", "<line>", f"byte {exc.start}")])
-                return None
-            try:
-                obj = parse_line(text)
-            except ValueError as exc:
-                self._reject(item, [RowProblem("invalid_json", "<line>", str(exc)[:120])])
-                return None
+            if obj is UNPARSED:
+                try:
+                    text = item.raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self._reject(item, [RowProblem("invalid_utf8", "<line>", f"byte {exc.start}")])
+                    return None
+                try:
+                    obj = parse_line(text)
+                except ValueError as exc:
+                    self._reject(item, [RowProblem("invalid_json", "<line>", str(exc)[:120])])
+                    return None
         if type(obj) is not dict:
             self._reject(item, [RowProblem("not_object", "<row>", type(obj).__name__)])
             return None

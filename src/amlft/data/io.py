@@ -15,7 +15,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,7 +89,6 @@ class HashingFile(io.RawIOBase):
         self._file = open(path, "wb", buffering=0)  # noqa: SIM115  # closed in close()
         self._sha = hashlib.sha256()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amlft-hash")
-        self._pending: list[Future[None]] = []
         self._digest: str | None = None
 
     def writable(self) -> bool:
@@ -100,8 +99,7 @@ class HashingFile(io.RawIOBase):
         view, written = memoryview(data), 0
         while written < len(data):
             written += self._file.write(view[written:]) or 0
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._worker.submit(self._sha.update, data))
+        self._worker.submit(self._sha.update, data)
         return len(data)
 
     def close(self) -> None:

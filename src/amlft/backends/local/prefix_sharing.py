@@ -73,6 +73,7 @@ class PrefixSharing:
     checked: bool = False
     saved_tokens: int = 0
     reason: str = ""
+    keyword: str = ""  # the decoder's cache keyword (cache_keyword), looked up on first use
 
     def hidden(self, base: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         """(last hidden states, offset): the states of positions offset.. of every row.
@@ -87,7 +88,8 @@ class PrefixSharing:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=base.config)
-        kw = {cache_keyword(decoder): cache, "use_cache": True}
+        self.keyword = self.keyword or cache_keyword(decoder)
+        kw = {self.keyword: cache, "use_cache": True}
         decoder(input_ids=batch["input_ids"][:1, :prefix], **kw)
         cache.batch_repeat_interleave(batch["input_ids"].shape[0])
         out = decoder(input_ids=batch["input_ids"][:, prefix:], attention_mask=batch["attention_mask"], **kw)
